@@ -1,0 +1,30 @@
+"""Share one asyncio event loop per asgiref ``AsyncSingleThreadContext``.
+
+Inside an ``asgiref.sync.AsyncSingleThreadContext``, every ``async_to_sync`` call
+runs on one worker thread whose event loop lives as long as the context; outside
+a context, asgiref behaves exactly as it does without this package.
+
+Public surface:
+
+- `install` / `uninstall` / `is_installed`: patch the installed asgiref in place.
+- `asgiref_loopshare.sync`: a drop-in for ``asgiref.sync`` that patches nothing.
+- `asgiref_loopshare.django`: one shared loop per Django WSGI request.
+"""
+
+from asgiref_loopshare._compat import UnsupportedVersionError, check_versions
+
+check_versions()
+
+from asgiref_loopshare._core import LoopScope  # noqa: E402
+from asgiref_loopshare._patch import install, is_installed, uninstall  # noqa: E402
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "LoopScope",
+    "UnsupportedVersionError",
+    "__version__",
+    "install",
+    "is_installed",
+    "uninstall",
+]

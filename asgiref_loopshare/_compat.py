@@ -1,0 +1,141 @@
+"""Version gate and the shims for what older Pythons lack.
+
+Everything that differs between Python 3.9 and 3.13 lives here, so the rest of
+the package is written against one API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import threading
+import warnings
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = [
+    "ASGIREF_RANGE",
+    "PYTHON_MIN",
+    "UnsupportedVersionError",
+    "check_versions",
+    "create_task",
+    "shutdown_default_executor",
+]
+
+_T = TypeVar("_T")
+
+#: Oldest Python this package supports.
+PYTHON_MIN = (3, 9)
+#: Supported asgiref releases: ``ASGIREF_RANGE[0] <= version < ASGIREF_RANGE[1]``.
+ASGIREF_RANGE = ((3, 10), (4, 0))
+
+
+class UnsupportedVersionError(ImportError):
+    """The installed Python or asgiref is outside the supported range."""
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in text.split("."):
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+        if digits != piece:
+            break
+    return tuple(parts)
+
+
+def check_versions(
+    python: tuple[int, ...] | None = None, asgiref_version: str | None = None
+) -> None:
+    """Raise `UnsupportedVersionError` naming what is installed and what is supported."""
+    if python is None:
+        python = tuple(sys.version_info[:3])
+    if asgiref_version is None:
+        import asgiref
+
+        asgiref_version = asgiref.__version__
+    if python[:2] < PYTHON_MIN:
+        raise UnsupportedVersionError(
+            f"asgiref-loopshare supports Python >= {PYTHON_MIN[0]}.{PYTHON_MIN[1]}; "
+            f"this is Python {'.'.join(map(str, python))}"
+        )
+    low, high = ASGIREF_RANGE
+    parsed = _parse_version(asgiref_version)
+    if not (low <= parsed[:2] < high):
+        raise UnsupportedVersionError(
+            f"asgiref-loopshare supports asgiref >= {low[0]}.{low[1]}, "
+            f"< {high[0]}.{high[1]}; asgiref {asgiref_version} is installed"
+        )
+
+
+def create_task(
+    loop: asyncio.AbstractEventLoop,
+    coro: Coroutine[Any, Any, _T],
+    context: contextvars.Context,
+) -> asyncio.Task[_T]:
+    """`loop.create_task(coro, context=context)`, also on Python < 3.11."""
+    if sys.version_info >= (3, 11):
+        return loop.create_task(coro, context=context)
+    # Before 3.11 a task copies the context current at creation.
+    return context.run(loop.create_task, coro)
+
+
+async def shutdown_default_executor(
+    loop: asyncio.AbstractEventLoop, timeout: float | None
+) -> None:
+    """`loop.shutdown_default_executor(timeout)`, also on Python < 3.12.
+
+    Waits at most *timeout* seconds for the default executor's threads; past
+    that it warns (as CPython 3.12 does) and stops waiting.
+    """
+    if sys.version_info >= (3, 12):
+        await loop.shutdown_default_executor(timeout)
+        return
+    executor = getattr(loop, "_default_executor", None)
+    # Mark the loop as CPython does, so run_in_executor(None, ...) refuses.
+    loop._executor_shutdown_called = True  # type: ignore[attr-defined]
+    if executor is None:
+        return
+    future: asyncio.Future[None] = loop.create_future()
+
+    def join() -> None:
+        try:
+            executor.shutdown(wait=True)
+        except BaseException as exc:  # pragma: no cover - mirrors CPython
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_set_exception, future, exc)
+        else:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_set_result, future)
+
+    thread = threading.Thread(target=join, name="asgiref-loopshare-executor-join")
+    thread.start()
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+    except asyncio.TimeoutError:
+        warnings.warn(
+            f"The executor did not finishing joining its threads within {timeout} "
+            "seconds.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        executor.shutdown(wait=False)
+    else:
+        thread.join()
+
+
+def _set_result(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
