@@ -54,7 +54,7 @@ def _parse_version(text: str) -> tuple[int, ...]:
 def check_versions(
     python: tuple[int, ...] | None = None, asgiref_version: str | None = None
 ) -> None:
-    """Raise `UnsupportedVersionError` naming what is installed and what is supported."""
+    """Raise `UnsupportedVersionError` naming what is installed and supported."""
     if python is None:
         python = tuple(sys.version_info[:3])
     if asgiref_version is None:

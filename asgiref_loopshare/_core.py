@@ -1,0 +1,280 @@
+"""The loop-sharing ``AsyncToSync.__call__`` and the executor it stores per context.
+
+`loopshare_call` replaces ``asgiref.sync.AsyncToSync.__call__`` (see
+`asgiref_loopshare._patch`) and is the ``__call__`` of the drop-in
+`asgiref_loopshare.sync.AsyncToSync`. It takes over exactly one case: a call
+inside an ``AsyncSingleThreadContext`` with no outer event loop to run on. Every
+other case - outside a context, ``force_new_loop=True``, a genuine outer loop
+(``sync_to_async`` -> ``async_to_sync``), a running loop in this thread - is
+handed to asgiref's own ``__call__``, unchanged.
+
+In the case it takes, the coroutine runs on the context's `ContextExecutor`
+(stored in asgiref's own ``AsyncToSync.context_to_thread_executor``, so
+``AsyncSingleThreadContext.__exit__`` shuts it down), with asgiref's machinery
+around it: a ``CurrentThreadExecutor`` for thread-sensitive ``sync_to_async``,
+``main_wrap`` for contextvars and ``sys.exc_info()``, and
+``AsyncToSync.loop_thread_executors`` for tasks that lost their context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from asgiref import sync as _asgiref_sync
+from asgiref.current_thread_executor import CurrentThreadExecutor
+from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
+
+from asgiref_loopshare._loop import LoopExecutor, is_shared_loop
+
+__all__ = ["ContextExecutor", "LoopScope", "loopshare_call", "stock_call"]
+
+_R = TypeVar("_R")
+
+#: asgiref's own ``AsyncToSync.__call__``, captured before any patching.
+stock_call: Callable[..., Any] = AsyncToSync.__call__
+
+# asgiref's helper that copies a context's variables into the current one;
+# 3.12+ also re-homes asgiref.local storage. Same name in 3.10 - 3.13.
+_restore_context: Callable[[contextvars.Context], None] = _asgiref_sync._restore_context
+
+_THREADLOCAL_NAMES = ("main_event_loop", "main_event_loop_pid", "task_context")
+_MISSING = object()
+
+# Contexts whose shared loop has been closed. A call made while such a
+# context is still the current one behaves as stock asgiref outside a context.
+_closed_contexts: weakref.WeakSet[AsyncSingleThreadContext] = weakref.WeakSet()
+_executors_lock = threading.Lock()
+
+
+class ContextExecutor(LoopExecutor):
+    """The `LoopExecutor` of one ``AsyncSingleThreadContext``."""
+
+    def __init__(self, context: AsyncSingleThreadContext) -> None:
+        super().__init__()
+        self._context = weakref.ref(context)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        context = self._context()
+        if context is not None:
+            _closed_contexts.add(context)
+        super().shutdown(wait, cancel_futures=cancel_futures)
+
+
+def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | None:
+    """The context's executor, created on first use; ``None`` means "go stock"."""
+    executors = AsyncToSync.context_to_thread_executor
+    executor = executors.get(context)
+    if isinstance(executor, ContextExecutor) and not executor.forked:
+        return executor
+    if executor is not None and not isinstance(executor, ContextExecutor):
+        # A stock ThreadPoolExecutor (the context was entered and used before
+        # install()): keep asgiref's behaviour for the rest of this context.
+        return None
+    with _executors_lock:
+        executor = executors.get(context)
+        if isinstance(executor, ContextExecutor) and not executor.forked:
+            return executor
+        if context in _closed_contexts:
+            return None
+        # None yet, or inherited across fork(): never touch the parent's.
+        fresh = ContextExecutor(context)
+        # asgiref annotates the values as ThreadPoolExecutor; any Executor works.
+        executors[context] = fresh  # type: ignore[assignment]
+        return fresh
+
+
+def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None:
+    """The loop asgiref would schedule this call on, if it is a live one.
+
+    ``SyncToAsync.threadlocal.main_event_loop`` is set by ``thread_handler`` and
+    never cleared; `loopshare_call` restores it after each call, so a shared
+    loop found there is a genuine outer loop. asgiref 3.10/3.11 also keep it on
+    the instance (sticky across calls); a shared loop found there is stale.
+    """
+    loop: asyncio.AbstractEventLoop | None = self.__dict__.get("main_event_loop")
+    if loop is not None and is_shared_loop(loop):
+        loop = None
+    if loop is None:
+        threadlocal = SyncToAsync.threadlocal
+        pid = getattr(threadlocal, "main_event_loop_pid", None)
+        if pid and pid == os.getpid():
+            loop = getattr(threadlocal, "main_event_loop", None)
+    if loop is None or loop.is_closed():
+        return None
+    return loop
+
+
+def _forget_stale_instance_loop(self: AsyncToSync[Any, Any]) -> None:
+    # asgiref 3.10/3.11 prefer self.main_event_loop over the threadlocal.
+    loop = self.__dict__.get("main_event_loop")
+    if loop is not None and is_shared_loop(loop):
+        self.main_event_loop = None  # type: ignore[attr-defined]
+
+
+def loopshare_call(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
+    """``AsyncToSync.__call__`` that shares the context's loop (see module doc)."""
+    __traceback_hide__ = True
+
+    context = (
+        None
+        if self.force_new_loop
+        else AsyncToSync.async_single_thread_context.get(None)
+    )
+    if context is None:
+        result: _R = stock_call(self, *args, **kwargs)
+        return result
+    _forget_stale_instance_loop(self)
+    if _outer_loop(self) is not None or _running_loop() is not None:
+        # Nested in an outer loop: asgiref schedules it there. A running loop
+        # in this thread: asgiref raises its usual RuntimeError.
+        result = stock_call(self, *args, **kwargs)
+        return result
+    executor = _context_executor(context)
+    if executor is None:
+        result = _call_without_context(self, *args, **kwargs)
+        return result
+    return _call_on_shared_loop(self, executor, args, kwargs)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _call_without_context(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
+    """Stock asgiref as if no context were set (the context's loop is closed)."""
+    var = AsyncToSync.async_single_thread_context
+    if var.get(None) in _closed_contexts:
+        token = var.set(None)  # type: ignore[arg-type]
+        try:
+            result: _R = stock_call(self, *args, **kwargs)
+        finally:
+            var.reset(token)
+        return result
+    result = stock_call(self, *args, **kwargs)
+    return result
+
+
+def _call_on_shared_loop(
+    self: AsyncToSync[Any, _R],
+    executor: ContextExecutor,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> _R:
+    __traceback_hide__ = True
+
+    call_result: Future[_R] = Future()
+    # Idle in this thread for thread-sensitive sync_to_async calls, as stock.
+    old_executor = getattr(AsyncToSync.executors, "current", None)
+    current_executor = CurrentThreadExecutor(old_executor)
+    AsyncToSync.executors.current = current_executor
+    context = [contextvars.copy_context()]
+    threadlocal = SyncToAsync.threadlocal
+    saved = {name: getattr(threadlocal, name, _MISSING) for name in _THREADLOCAL_NAMES}
+    try:
+        awaitable = self.main_wrap(
+            call_result,
+            sys.exc_info(),
+            saved["task_context"] if saved["task_context"] is not _MISSING else None,  # type: ignore[arg-type]
+            context,
+            self.awaitable(*args, **kwargs),
+        )
+        call = executor.start_call(_loop_wrap(awaitable, current_executor))
+        try:
+            current_executor.run_until_future(call.done)
+        except BaseException:
+            # KeyboardInterrupt or SystemExit raised in this thread while it
+            # waited: cancel the coroutine and let it finish (serving its
+            # thread-sensitive work) before the exception propagates.
+            executor.cancel_call(call)
+            current_executor.run_until_future(call.done)
+            raise
+        call.done.result()
+    finally:
+        _restore_context(context[0])
+        AsyncToSync.executors.current = old_executor
+        # thread_handler, run in this thread by the CurrentThreadExecutor,
+        # pointed the threadlocal at the shared loop; that loop is idle once
+        # this call returns, so a later call scheduled there would wait forever.
+        for name, value in saved.items():
+            if value is _MISSING:
+                if hasattr(threadlocal, name):
+                    delattr(threadlocal, name)
+            else:
+                setattr(threadlocal, name, value)
+    return call_result.result()
+
+
+# Per shared loop, the CurrentThreadExecutors of the calls in flight; the
+# newest is published in AsyncToSync.loop_thread_executors, as stock's
+# new_loop_wrap does for its one call. Touched on the loop's thread only.
+_loop_callers: dict[asyncio.AbstractEventLoop, list[CurrentThreadExecutor]] = {}
+
+
+async def _loop_wrap(
+    awaitable: Awaitable[None], executor: CurrentThreadExecutor
+) -> None:
+    loop = asyncio.get_running_loop()
+    callers = _loop_callers.setdefault(loop, [])
+    callers.append(executor)
+    AsyncToSync.loop_thread_executors[loop] = executor
+    try:
+        await awaitable
+    finally:
+        callers.remove(executor)
+        if callers:
+            AsyncToSync.loop_thread_executors[loop] = callers[-1]
+        else:
+            del _loop_callers[loop]
+            AsyncToSync.loop_thread_executors.pop(loop, None)
+
+
+class LoopScope:
+    """A loop-sharing context whose lifetime is not one ``with`` block or thread.
+
+    For a WSGI request, which starts in ``__call__`` and ends in ``close()``,
+    possibly on another thread. `activate` makes this scope's
+    ``AsyncSingleThreadContext`` the current one in the current contextvars
+    context; `close` ends it from any thread. Creating a scope creates no
+    thread and no loop.
+    """
+
+    __slots__ = ("__weakref__", "context")
+
+    def __init__(self) -> None:
+        self.context = AsyncSingleThreadContext()  # type: ignore[no-untyped-call]
+
+    def activate(self) -> contextvars.Token[AsyncSingleThreadContext]:
+        """Make this scope current here, even inside another context."""
+        return AsyncToSync.async_single_thread_context.set(self.context)
+
+    def deactivate(self, token: contextvars.Token[AsyncSingleThreadContext]) -> None:
+        """Undo `activate`; does nothing where *token* belongs to another context."""
+        with contextlib.suppress(ValueError):
+            AsyncToSync.async_single_thread_context.reset(token)
+
+    @property
+    def started(self) -> bool:
+        """Whether a call has started this scope's loop."""
+        executor = AsyncToSync.context_to_thread_executor.get(self.context)
+        return executor is not None and (
+            not isinstance(executor, LoopExecutor) or executor.started
+        )
+
+    def close(self) -> None:
+        """Tear the loop down on its own thread and return; idempotent."""
+        _closed_contexts.add(self.context)
+        executor = AsyncToSync.context_to_thread_executor.pop(self.context, None)
+        if executor is not None:
+            executor.shutdown()

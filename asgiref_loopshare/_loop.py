@@ -1,0 +1,535 @@
+"""One event loop on one worker thread, for the lifetime of a context.
+
+This module knows asyncio and threads, not asgiref. `LoopExecutor` is a
+`concurrent.futures.Executor` whose worker thread owns one event loop:
+
+- `LoopExecutor.start_call` runs a coroutine on that loop. Calls from several
+  threads run concurrently on the one loop; the worker drives the loop with
+  ``loop.run_until_complete`` while at least one call is in flight.
+- `LoopExecutor.shutdown` tears the loop down *on its own thread* (leftover
+  tasks cancelled and awaited, async generators and the default executor shut
+  down, loop closed) and returns the thread to a bounded pool of idle workers.
+
+Worker threads are reused across executors (never two at once) so that a
+context costs no thread start; a reused worker carries nothing over: each
+executor runs its jobs in a fresh `contextvars.Context` and the thread's
+current event loop is cleared at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import contextvars
+import enum
+import functools
+import itertools
+import logging
+import os
+import queue
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from asgiref_loopshare import _compat
+
+__all__ = ["LoopExecutor", "Settings", "configure", "get_settings", "is_shared_loop"]
+
+logger = logging.getLogger("asgiref_loopshare")
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunables of the shared loops (see `configure`)."""
+
+    #: How long a call waits, after its coroutine returned, for the tasks it
+    #: spawned to finish before it returns (stock ``asyncio.run`` would cancel
+    #: them). Tasks still running then stay on the loop, frozen until the next
+    #: call in the same context, and are cancelled when the context ends.
+    task_grace: float = 0.25
+    #: At context exit, how long to wait for cancelled tasks to finish.
+    cancel_timeout: float = 5.0
+    #: At context exit, how long to wait for the loop's default executor.
+    executor_timeout: float = 30.0
+    #: Upper bound on idle worker threads kept for reuse.
+    max_idle_workers: int = 32
+    #: Creates each context's loop; ``None`` means ``asyncio.new_event_loop``.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+
+
+_settings = Settings()
+
+
+def configure(**changes: Any) -> Settings:
+    """Change the `Settings` used by contexts created from now on; return them."""
+    global _settings
+    _settings = replace(_settings, **changes)
+    return _settings
+
+
+def get_settings() -> Settings:
+    return _settings
+
+
+_shared_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def is_shared_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether *loop* belongs to a `LoopExecutor` (open or closed)."""
+    return loop in _shared_loops
+
+
+# --------------------------------------------------------------------------
+# Worker threads
+
+
+_Job = Callable[[], None]
+_worker_names = itertools.count(1)
+
+
+class _Worker:
+    """A daemon thread running jobs from its own queue, one after another."""
+
+    __slots__ = ("jobs", "thread")
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._run,
+            args=(self.jobs,),
+            name=f"asgiref-loopshare-{next(_worker_names)}",
+            daemon=True,
+        )
+        self.thread.start()
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue[_Job | None]) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            job()
+            del job
+
+
+class _WorkerPool:
+    """Idle workers kept for reuse.
+
+    Never holds more idle workers than were ever busy at once, nor more than
+    ``Settings.max_idle_workers``. Emptied at interpreter exit and in a forked
+    child.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._busy = 0
+        self._peak_busy = 0
+        self._closed = False
+
+    def acquire(self) -> _Worker:
+        with self._lock:
+            self._busy += 1
+            self._peak_busy = max(self._peak_busy, self._busy)
+            if self._idle:
+                return self._idle.pop()
+        return _Worker()
+
+    def release(self, worker: _Worker) -> None:
+        """Return *worker* (called from its own thread, after its last job)."""
+        with self._lock:
+            self._busy -= 1
+            limit = min(self._peak_busy, _settings.max_idle_workers)
+            if not self._closed and len(self._idle) < limit:
+                self._idle.append(worker)
+                return
+        worker.jobs.put(None)
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the idle workers and wait (bounded) for them to exit."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.jobs.put(None)
+        for worker in idle:
+            worker.thread.join(timeout)
+
+
+_pool = _WorkerPool()
+
+
+def _close_pool_at_exit() -> None:
+    _pool.close()
+
+
+def _reset_after_fork() -> None:
+    # The parent's workers do not exist in the child: start from nothing.
+    global _pool
+    _pool = _WorkerPool()
+
+
+atexit.register(_close_pool_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# --------------------------------------------------------------------------
+# The loop of one context
+
+
+class _State(enum.Enum):
+    IDLE = "idle"  # nothing created yet: no thread, no loop
+    OPEN = "open"  # a worker holds the loop
+    CLOSED = "closed"
+
+
+class Call:
+    """One coroutine started on a `LoopExecutor`; ``done`` resolves when it ends."""
+
+    __slots__ = ("cancel_requested", "coro", "done", "task")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+        self.done: Future[None] = Future()
+        self.task: asyncio.Task[Any] | None = None
+        self.cancel_requested = False
+
+
+class _Runner:
+    """The state an executor shares with its worker jobs and its finalizer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.state = _State.IDLE
+        self.pid = os.getpid()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.worker: _Worker | None = None
+        self.base_context = contextvars.Context()
+        # Calls started or scheduled while the worker is driving the loop.
+        self.driving = False
+        self.inflight = 0
+        self.drained: asyncio.Future[None] | None = None
+        self.calls: set[Call] = set()
+        self.call_tasks: set[asyncio.Task[Any]] = set()
+
+    # -- called with self.lock held, from any thread
+
+    def open_locked(self) -> _Worker:
+        if self.state is _State.CLOSED:
+            raise RuntimeError("asgiref-loopshare: this context's event loop is closed")
+        if self.pid != os.getpid():
+            raise RuntimeError(
+                "asgiref-loopshare: this context's event loop belongs to the parent "
+                "process"
+            )
+        if self.state is _State.IDLE:
+            factory = self.settings.loop_factory or asyncio.new_event_loop
+            self.loop = factory()
+            _shared_loops.add(self.loop)
+            self.worker = _pool.acquire()
+            self.state = _State.OPEN
+            self.worker.jobs.put(self.job(self.bind_loop))
+        assert self.worker is not None
+        return self.worker
+
+    def job(self, fn: Callable[[], None]) -> _Job:
+        return functools.partial(self.base_context.run, fn)
+
+    # -- worker thread
+
+    def bind_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+    def drive(self, first: Call) -> None:
+        loop = self.loop
+        assert loop is not None
+        coro = self.drive_calls(first)
+        try:
+            driver = loop.create_task(coro)
+        except BaseException as exc:
+            coro.close()
+            self.fail_inflight(exc)
+            return
+        while True:
+            try:
+                loop.run_until_complete(driver)
+                return
+            except BaseException as exc:
+                if isinstance(exc, RuntimeError) and not (
+                    loop.is_closed() or driver.done()
+                ):
+                    # A coroutine called loop.stop(): keep driving.
+                    logger.warning(
+                        "asgiref-loopshare: a coroutine stopped the shared loop; "
+                        "resuming it"
+                    )
+                    continue
+                self.fail_inflight(exc)
+                return
+
+    async def drive_calls(self, first: Call) -> None:
+        self.start_call(first)
+        while True:
+            with self.lock:
+                if self.inflight == 0:
+                    self.driving = False
+                    self.drained = None
+                    return
+                assert self.loop is not None
+                self.drained = self.loop.create_future()
+                drained = self.drained
+            await drained
+
+    def start_call(self, call: Call) -> None:
+        assert self.loop is not None
+        if call.cancel_requested:
+            self.finish_call(call)
+            return
+        # A fresh, empty context per call, as asyncio.run's main task gets in
+        # a new thread: nothing leaks from one call to the next.
+        task = _compat.create_task(
+            self.loop, self.run_call(call), contextvars.Context()
+        )
+        call.task = task
+        self.call_tasks.add(task)
+        task.add_done_callback(functools.partial(self.on_call_done, call))
+
+    async def run_call(self, call: Call) -> None:
+        before = asyncio.all_tasks()
+        try:
+            await call.coro
+        finally:
+            spawned = asyncio.all_tasks() - before - self.call_tasks
+            if spawned and self.settings.task_grace > 0:
+                await asyncio.wait(spawned, timeout=self.settings.task_grace)
+
+    def on_call_done(self, call: Call, task: asyncio.Task[Any]) -> None:
+        self.call_tasks.discard(task)
+        self.finish_call(call, None if task.cancelled() else task.exception())
+
+    def finish_call(self, call: Call, exc: BaseException | None = None) -> None:
+        with self.lock:
+            if call not in self.calls:  # already failed by fail_inflight
+                return
+            self.calls.discard(call)
+            self.inflight -= 1
+            drained = self.drained
+            if self.inflight == 0 and drained is not None and not drained.done():
+                drained.set_result(None)
+        if call.task is None or call.task.cancelled():
+            # Never started, or cancelled before its first step: close the
+            # coroutine so it is not reported as "never awaited".
+            call.coro.close()
+        _resolve(call.done, exc)
+
+    def cancel_call(self, call: Call) -> None:
+        call.cancel_requested = True
+        if call.task is not None:
+            call.task.cancel()
+
+    def fail_inflight(self, exc: BaseException) -> None:
+        """The loop could not be driven: fail every call in flight, never hang."""
+        with self.lock:
+            self.driving = False
+            self.inflight = 0
+            self.drained = None
+            calls, self.calls = self.calls, set()
+        error = RuntimeError(
+            f"asgiref-loopshare: the shared event loop cannot run: {exc!r}"
+        )
+        error.__cause__ = exc
+        for call in calls:
+            if call.task is None:
+                call.coro.close()
+            _resolve(call.done, error)
+
+    def run_job(
+        self, future: Future[_T], fn: Callable[..., _T], args: Any, kwargs: Any
+    ) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            # asyncio.run() (stock force_new_loop) clears the current loop.
+            if self.loop is not None and not self.loop.is_closed():
+                asyncio.set_event_loop(self.loop)
+
+    def teardown(self, done: Future[None] | None) -> None:
+        loop, worker = self.loop, self.worker
+        try:
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.run_until_complete(self.shutdown_loop())
+                except BaseException:
+                    logger.exception(
+                        "asgiref-loopshare: error while closing a shared loop"
+                    )
+                finally:
+                    asyncio.set_event_loop(None)
+                    loop.close()
+            elif loop is not None:
+                asyncio.set_event_loop(None)
+        finally:
+            self.loop = None
+            self.worker = None
+            if worker is not None:
+                _pool.release(worker)
+            if done is not None:
+                _resolve(done, None)
+
+    async def shutdown_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        if pending:
+            for task in pending:
+                task.cancel()
+            finished, stuck = await asyncio.wait(
+                pending, timeout=self.settings.cancel_timeout
+            )
+            for task in finished:
+                if not task.cancelled() and task.exception() is not None:
+                    loop.call_exception_handler(
+                        {
+                            "message": "unhandled exception in a task cancelled at "
+                            "context exit",
+                            "exception": task.exception(),
+                            "task": task,
+                        }
+                    )
+            if stuck:
+                names = ", ".join(sorted(task.get_name() for task in stuck))
+                warnings.warn(
+                    f"asgiref-loopshare: {len(stuck)} task(s) ignored cancellation for "
+                    f"{self.settings.cancel_timeout}s at context exit and were "
+                    f"abandoned: {names}",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+        await loop.shutdown_asyncgens()
+        await _compat.shutdown_default_executor(loop, self.settings.executor_timeout)
+
+    # -- finalizer: the executor was dropped without shutdown()
+
+    def abandon(self) -> None:
+        with self.lock:
+            if self.state is not _State.OPEN or self.pid != os.getpid():
+                self.state = _State.CLOSED
+                return
+            self.state = _State.CLOSED
+            worker = self.worker
+        assert worker is not None
+        worker.jobs.put(self.job(functools.partial(self.teardown, None)))
+
+
+def _resolve(future: Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+class LoopExecutor(Executor):
+    """An executor with one event loop on one worker thread.
+
+    Nothing is created until the first call or job. `shutdown` tears the loop
+    down on its own thread and returns the thread to the pool; an executor
+    dropped without `shutdown` is torn down the same way, without waiting.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._runner = _Runner(settings or _settings)
+        self._finalizer = weakref.finalize(self, self._runner.abandon)
+
+    @property
+    def started(self) -> bool:
+        return self._runner.state is not _State.IDLE
+
+    @property
+    def closed(self) -> bool:
+        return self._runner.state is _State.CLOSED
+
+    @property
+    def forked(self) -> bool:
+        """Whether this executor was created in another (parent) process."""
+        return self._runner.pid != os.getpid()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._runner.loop
+
+    def start_call(self, coro: Coroutine[Any, Any, Any]) -> Call:
+        """Run *coro* on the loop, concurrently with other calls in flight."""
+        runner = self._runner
+        call = Call(coro)
+        with runner.lock:
+            worker = runner.open_locked()
+            runner.calls.add(call)
+            if runner.driving:
+                runner.inflight += 1
+                assert runner.loop is not None
+                runner.loop.call_soon_threadsafe(runner.start_call, call)
+                return call
+            runner.driving = True
+            runner.inflight = 1
+        worker.jobs.put(runner.job(functools.partial(runner.drive, call)))
+        return call
+
+    def cancel_call(self, call: Call) -> None:
+        """Cancel *call* (from any thread); ``call.done`` resolves once it ended."""
+        loop = self._runner.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(self._runner.cancel_call, call)
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` on the worker thread, outside the loop."""
+        runner = self._runner
+        future: Future[_T] = Future()
+        with runner.lock:
+            worker = runner.open_locked()
+        worker.jobs.put(
+            runner.job(functools.partial(runner.run_job, future, fn, args, kwargs))
+        )
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Tear the loop down on its thread; with *wait*, return after that."""
+        runner = self._runner
+        self._finalizer.detach()
+        with runner.lock:
+            state, runner.state = runner.state, _State.CLOSED
+            if state is not _State.OPEN or runner.pid != os.getpid():
+                return
+            worker = runner.worker
+        assert worker is not None
+        done: Future[None] = Future()
+        worker.jobs.put(runner.job(functools.partial(runner.teardown, done)))
+        if wait and threading.current_thread() is not worker.thread:
+            done.result()
+
+
+def idle_workers() -> int:
+    """How many worker threads are idle in the pool (for tests and reports)."""
+    return _pool.idle_count()

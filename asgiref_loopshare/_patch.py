@@ -1,0 +1,43 @@
+"""`install` / `uninstall`: patch the installed asgiref in place.
+
+The patch is one attribute: ``asgiref.sync.AsyncToSync.__call__``. Replacing it
+on the class reaches every way in at once - ``asgiref.sync.async_to_sync``
+(which looks ``AsyncToSync`` up at call time), modules that imported
+``async_to_sync`` or ``AsyncToSync`` before `install`, and ``AsyncToSync``
+instances created before it (Django wraps middleware once at start-up).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from asgiref.sync import AsyncToSync
+
+from asgiref_loopshare._core import loopshare_call, stock_call
+
+__all__ = ["install", "is_installed", "uninstall"]
+
+_lock = threading.Lock()
+
+
+def install() -> None:
+    """Make asgiref share one loop per ``AsyncSingleThreadContext``. Idempotent."""
+    with _lock:
+        if AsyncToSync.__dict__.get("__call__") is stock_call:
+            AsyncToSync.__call__ = loopshare_call  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """Restore asgiref's own ``AsyncToSync.__call__``. Idempotent.
+
+    Contexts already using a shared loop keep it until they exit; new calls in
+    them run as stock asgiref does inside a context.
+    """
+    with _lock:
+        if AsyncToSync.__dict__.get("__call__") is loopshare_call:
+            AsyncToSync.__call__ = stock_call  # type: ignore[method-assign]
+
+
+def is_installed() -> bool:
+    """Whether `install` is in effect."""
+    return AsyncToSync.__dict__.get("__call__") is loopshare_call
