@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import os
 import sys
 import threading
@@ -183,12 +184,13 @@ def _call_on_shared_loop(
     threadlocal = SyncToAsync.threadlocal
     saved = {name: getattr(threadlocal, name, _MISSING) for name in _THREADLOCAL_NAMES}
     try:
+        coroutine = self.awaitable(*args, **kwargs)
         awaitable = self.main_wrap(
             call_result,
             sys.exc_info(),
             saved["task_context"] if saved["task_context"] is not _MISSING else None,  # type: ignore[arg-type]
             context,
-            self.awaitable(*args, **kwargs),
+            coroutine,
         )
         call = executor.start_call(_loop_wrap(awaitable, current_executor))
         try:
@@ -200,7 +202,15 @@ def _call_on_shared_loop(
             executor.cancel_call(call)
             current_executor.run_until_future(call.done)
             raise
-        call.done.result()
+        try:
+            call.done.result()
+        except BaseException:
+            # The loop could not run the call: close what never started so
+            # it is not reported as "never awaited".
+            for unstarted in (awaitable, coroutine):
+                if inspect.iscoroutine(unstarted):
+                    unstarted.close()
+            raise
     finally:
         _restore_context(context[0])
         AsyncToSync.executors.current = old_executor

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from asgiref import sync as asgiref_sync
+
+import asgiref_loopshare
+from asgiref_loopshare import _loop
+from asgiref_loopshare import sync as loopshare_sync
+
+AsyncToSyncFactory = Callable[..., Callable[..., Any]]
+
+
+@pytest.fixture
+def installed() -> Iterator[None]:
+    """asgiref patched in place for the test, restored after."""
+    was_installed = asgiref_loopshare.is_installed()
+    asgiref_loopshare.install()
+    yield
+    if not was_installed:
+        asgiref_loopshare.uninstall()
+
+
+@pytest.fixture(params=["installed", "drop-in"])
+def async_to_sync(request: pytest.FixtureRequest) -> Iterator[AsyncToSyncFactory]:
+    """Each way in: asgiref's async_to_sync patched, or the drop-in module's."""
+    if request.param == "installed":
+        asgiref_loopshare.install()
+        yield asgiref_sync.async_to_sync
+        asgiref_loopshare.uninstall()
+    else:
+        assert not asgiref_loopshare.is_installed()
+        yield loopshare_sync.async_to_sync
+
+
+@pytest.fixture(autouse=True)
+def _restore_settings() -> Iterator[None]:
+    settings = _loop.get_settings()
+    yield
+    _loop.configure(**settings.__dict__)
+
+
+async def loop_and_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    return asyncio.get_running_loop(), threading.current_thread()

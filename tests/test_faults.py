@@ -1,0 +1,157 @@
+"""Faults that stock asyncio.run swept away must not leak into the next call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sys
+import threading
+
+import pytest
+from asgiref.sync import AsyncSingleThreadContext
+
+from asgiref_loopshare import LoopScope
+from tests.conftest import AsyncToSyncFactory, loop_and_thread
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signals are delivered to the main thread",
+)
+def test_ctrl_c_cancels_the_coroutine_before_propagating(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    events: list[str] = []
+    started = threading.Event()
+
+    async def slow() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            events.append("finally")
+
+    def interrupt() -> None:
+        started.wait(10)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with AsyncSingleThreadContext():
+        threading.Thread(target=interrupt).start()
+        with pytest.raises(KeyboardInterrupt):
+            async_to_sync(slow)()
+        assert events == ["finally"]
+        loop, _ = async_to_sync(loop_and_thread)()
+        assert not loop.is_closed()
+
+
+def test_coroutine_stopping_the_loop_does_not_break_the_call(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    async def stop_then_finish() -> str:
+        asyncio.get_running_loop().stop()
+        await asyncio.sleep(0.01)
+        return "done"
+
+    with AsyncSingleThreadContext():
+        assert async_to_sync(stop_then_finish)() == "done"
+        loop, _ = async_to_sync(loop_and_thread)()
+        assert not loop.is_closed()
+
+
+def test_call_after_the_loop_was_closed_elsewhere_raises_clearly(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        loop, _ = async_to_sync(loop_and_thread)()
+        loop.close()
+        with pytest.raises(RuntimeError, match="shared event loop cannot run"):
+            async_to_sync(loop_and_thread)()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_never_uses_the_parents_loop(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        parent_loop, parent_thread = async_to_sync(loop_and_thread)()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: keeps using the context it inherited
+            try:
+                loop, thread = async_to_sync(loop_and_thread)()
+                again, _ = async_to_sync(loop_and_thread)()
+                verdict = (loop is parent_loop, thread is parent_thread, again is loop)
+                os.write(write_end, pickle.dumps(verdict))
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            payload = pipe.read()
+        os.waitpid(pid, 0)
+        assert async_to_sync(loop_and_thread)() == (parent_loop, parent_thread)
+    same_loop, same_thread, child_shares = pickle.loads(payload)
+    assert (same_loop, same_thread, child_shares) == (False, False, True)
+
+
+def test_scope_closed_from_another_thread_tears_down_its_loop(installed: None) -> None:
+    scope = LoopScope()
+    token = scope.activate()
+    try:
+        from asgiref.sync import async_to_sync
+
+        loop, _ = async_to_sync(loop_and_thread)()
+        assert scope.started
+        closer = threading.Thread(target=scope.close)
+        closer.start()
+        closer.join(10)
+        assert loop.is_closed()
+    finally:
+        scope.deactivate(token)
+
+
+def test_calls_on_a_closed_scope_behave_as_stock(installed: None) -> None:
+    from asgiref.sync import AsyncToSync, async_to_sync
+
+    scope = LoopScope()
+    token = scope.activate()
+    try:
+        async_to_sync(loop_and_thread)()
+        scope.close()
+        first, _ = async_to_sync(loop_and_thread)()
+        second, _ = async_to_sync(loop_and_thread)()
+        assert first is not second
+        assert first.is_closed()
+        assert scope.context not in AsyncToSync.context_to_thread_executor
+    finally:
+        scope.deactivate(token)
+
+
+def test_deactivate_with_a_token_from_another_thread_is_harmless() -> None:
+    scope = LoopScope()
+    tokens = []
+    thread = threading.Thread(target=lambda: tokens.append(scope.activate()))
+    thread.start()
+    thread.join()
+    scope.deactivate(tokens[0])  # no ValueError
+    scope.close()
+
+
+def test_scope_with_no_call_creates_nothing(installed: None) -> None:
+    before = threading.active_count()
+    scope = LoopScope()
+    token = scope.activate()
+    scope.deactivate(token)
+    scope.close()
+    assert not scope.started
+    assert threading.active_count() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_exiting_the_context_from_the_worker_thread_does_not_deadlock() -> None:
+    from asgiref_loopshare import _loop
+
+    executor = _loop.LoopExecutor()
+    future = executor.submit(executor.shutdown)
+    assert future.result(timeout=10) is None

@@ -1,0 +1,301 @@
+"""What a context leaves behind when it ends: nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
+
+from asgiref_loopshare import _loop
+from tests.conftest import AsyncToSyncFactory, loop_and_thread
+
+marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
+
+
+def test_loop_is_closed_when_the_context_exits(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        loop, _ = async_to_sync(loop_and_thread)()
+        assert not loop.is_closed()
+    assert loop.is_closed()
+
+
+def test_executor_is_removed_from_asgiref_state_at_exit(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext() as context:
+        async_to_sync(loop_and_thread)()
+        assert context in AsyncToSync.context_to_thread_executor
+    assert context not in AsyncToSync.context_to_thread_executor
+    assert not AsyncToSync.loop_thread_executors
+
+
+def test_pending_task_is_cancelled_and_its_finally_runs(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    _loop.configure(task_grace=0)
+    events: list[str] = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            events.append(f"finally on {threading.current_thread().name}")
+
+    async def spawn() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(forever())
+
+    with AsyncSingleThreadContext():
+        task = async_to_sync(spawn)()
+        assert not task.done()
+        _, worker = async_to_sync(loop_and_thread)()
+    assert task.cancelled()
+    assert events == [f"finally on {worker.name}"]
+
+
+def test_async_generator_is_finalised_at_exit(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    events: list[str] = []
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            events.append("closed")
+
+    holder: list[AsyncIterator[int]] = []
+
+    async def take_one() -> int:
+        generator = numbers()
+        holder.append(generator)  # keep it alive: only shutdown_asyncgens closes it
+        return await generator.__anext__()
+
+    with AsyncSingleThreadContext():
+        assert async_to_sync(take_one)() == 1
+        assert events == []
+    assert events == ["closed"]
+
+
+def test_default_executor_is_shut_down_at_exit(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    async def use_default_executor() -> threading.Thread:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, threading.current_thread)
+
+    with AsyncSingleThreadContext():
+        executor_thread = async_to_sync(use_default_executor)()
+        assert executor_thread.is_alive()
+    executor_thread.join(5)
+    assert not executor_thread.is_alive()
+
+
+def test_worker_thread_is_returned_to_the_pool_without_its_loop(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        _, worker = async_to_sync(loop_and_thread)()
+    assert worker.is_alive()
+    with AsyncSingleThreadContext():
+        _, again = async_to_sync(loop_and_thread)()
+    assert again is worker
+
+
+def test_reused_worker_carries_no_contextvars_and_no_current_loop(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    async def set_marker() -> None:
+        marker.set("previous context")
+
+    def thread_state() -> tuple[str, object]:
+        policy = asyncio.get_event_loop_policy()
+        local = policy._local  # type: ignore[attr-defined]
+        return marker.get("clean"), local._loop
+
+    async def probe() -> tuple[str, object, asyncio.AbstractEventLoop]:
+        # Run a plain callback on the worker thread itself, outside any task.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, object]] = loop.create_future()
+        loop.call_soon(
+            lambda: future.set_result(thread_state()), context=contextvars.Context()
+        )
+        value, current = await future
+        return value, current, loop
+
+    with AsyncSingleThreadContext():
+        async_to_sync(set_marker)()
+    with AsyncSingleThreadContext():
+        value, current, loop = async_to_sync(probe)()
+    assert value == "clean"
+    assert current is loop  # the new context's loop, not the previous one
+
+
+def test_serving_more_requests_at_the_same_concurrency_starts_no_threads(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    def one_request() -> None:
+        with AsyncSingleThreadContext():
+            async_to_sync(asyncio.sleep)(0.01)
+
+    def serve(requests: int) -> None:
+        with ThreadPoolExecutor(3) as pool:
+            for future in [
+                pool.submit(contextvars.copy_context().run, one_request)
+                for _ in range(requests)
+            ]:
+                future.result(timeout=30)
+
+    serve(30)
+    threads_after_warm_up = {thread.ident for thread in threading.enumerate()}
+    serve(60)
+    loopshare_threads = {
+        thread.ident
+        for thread in threading.enumerate()
+        if thread.name.startswith("asgiref-loopshare-")
+    }
+    assert loopshare_threads <= threads_after_warm_up
+
+
+def test_idle_workers_never_outnumber_the_peak_of_busy_ones() -> None:
+    pool = _loop._WorkerPool()
+    first = pool.acquire()
+    pool.release(first)
+    second = pool.acquire()
+    assert second is first  # reused, not a new thread
+    third = pool.acquire()
+    pool.release(second)
+    pool.release(third)
+    assert pool.idle_count() == 2
+    pool.close()
+
+
+def test_idle_pool_is_capped() -> None:
+    pool = _loop._WorkerPool()
+    _loop.configure(max_idle_workers=2)
+    workers = [pool.acquire() for _ in range(4)]
+    for worker in workers:
+        pool.release(worker)
+    assert pool.idle_count() == 2
+    pool.close()
+    for worker in workers:
+        worker.thread.join(5)
+        assert not worker.thread.is_alive()
+
+
+def test_closing_the_pool_stops_idle_workers() -> None:
+    pool = _loop._WorkerPool()
+    worker = pool.acquire()
+    pool.release(worker)
+    pool.close()
+    worker.thread.join(5)
+    assert not worker.thread.is_alive()
+
+
+def test_abandoned_executor_is_torn_down_on_its_thread() -> None:
+    executor = _loop.LoopExecutor()
+
+    async def get_loop() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    call = executor.start_call(get_loop())
+    call.done.result(timeout=10)
+    loop = executor.loop
+    assert loop is not None
+    del executor, call
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while not loop.is_closed() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loop.is_closed()
+
+
+def test_task_ignoring_cancellation_warns_and_does_not_hang(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    _loop.configure(task_grace=0, cancel_timeout=0.2)
+    release = threading.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue
+
+    async def spawn() -> None:
+        asyncio.get_running_loop().create_task(stubborn(), name="stubborn-task")
+
+    with (
+        pytest.warns(RuntimeWarning, match="stubborn-task"),
+        AsyncSingleThreadContext(),
+    ):
+        async_to_sync(spawn)()
+    release.set()
+
+
+def test_task_spawned_by_a_call_finishes_before_the_call_returns(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    """channels_redis releases a lock in a fire-and-forget task (DESIGN-NOTES 7)."""
+    lock_released = []
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.01)
+        lock_released.append(True)
+
+    async def receive() -> None:
+        asyncio.ensure_future(release_later())  # noqa: RUF006 - on purpose
+
+    with AsyncSingleThreadContext():
+        async_to_sync(receive)()
+        assert lock_released == [True]
+
+
+def test_long_running_task_stays_frozen_between_calls_and_resumes(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    _loop.configure(task_grace=0.01)
+    ticks: list[int] = []
+
+    async def keep_alive() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0.005)
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(keep_alive())
+
+    async def work() -> None:
+        await asyncio.sleep(0.05)
+
+    with AsyncSingleThreadContext():
+        task = async_to_sync(start)()
+        frozen_at = len(ticks)
+        time.sleep(0.05)
+        assert len(ticks) == frozen_at  # nothing runs between calls
+        async_to_sync(work)()
+        assert len(ticks) > frozen_at  # it runs again during the next call
+    assert task.cancelled()
+
+
+def test_exit_warnings_are_not_raised_into_the_caller(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    async def noop() -> None:
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with AsyncSingleThreadContext():
+            async_to_sync(noop)()
