@@ -21,6 +21,7 @@ __all__ = [
     "check_versions",
     "create_task",
     "shutdown_default_executor",
+    "uncancel",
 ]
 
 _T = TypeVar("_T")
@@ -85,6 +86,12 @@ def create_task(
         return loop.create_task(coro, context=context)
     # Before 3.11 a task copies the context current at creation.
     return context.run(loop.create_task, coro)
+
+
+def uncancel(task: asyncio.Task[Any] | None) -> None:
+    """`task.uncancel()` on Python >= 3.11, where it exists; nothing before."""
+    if task is not None and sys.version_info >= (3, 11):
+        task.uncancel()
 
 
 async def shutdown_default_executor(

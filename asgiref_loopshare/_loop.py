@@ -198,13 +198,29 @@ class _State(enum.Enum):
 class Call:
     """One coroutine started on a `LoopExecutor`; ``done`` resolves when it ends."""
 
-    __slots__ = ("cancel_requested", "coro", "done", "task")
+    __slots__ = ("cancel_requested", "coro", "done", "drive", "task")
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
         self.done: Future[None] = Future()
         self.task: asyncio.Task[Any] | None = None
+        self.drive: _Drive | None = None
         self.cancel_requested = False
+
+
+class _Drive:
+    """One ``run_until_complete`` on the worker: it lasts while its calls run.
+
+    The first call runs inline in the driver task (no extra task, no extra
+    loop iteration); calls arriving meanwhile from other threads are injected
+    as tasks and counted in ``pending``.
+    """
+
+    __slots__ = ("drained", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 1
+        self.drained: asyncio.Future[None] | None = None
 
 
 class _Runner:
@@ -218,12 +234,13 @@ class _Runner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.worker: _Worker | None = None
         self.base_context = contextvars.Context()
-        # Calls started or scheduled while the worker is driving the loop.
-        self.driving = False
-        self.inflight = 0
-        self.drained: asyncio.Future[None] | None = None
+        # The drive that accepts injected calls, if the worker is driving.
+        self.current_drive: _Drive | None = None
         self.calls: set[Call] = set()
         self.call_tasks: set[asyncio.Task[Any]] = set()
+        # Every task created on the loop during the current drive, in order
+        # (see task_factory): what a call spawned is a slice of it.
+        self.spawned: list[asyncio.Task[Any]] = []
 
     # -- called with self.lock held, from any thread
 
@@ -237,8 +254,11 @@ class _Runner:
             )
         if self.state is _State.IDLE:
             factory = self.settings.loop_factory or asyncio.new_event_loop
-            self.loop = factory()
-            _shared_loops.add(self.loop)
+            loop = factory()
+            # typeshed's _TaskFactory protocol has no **kwargs (3.11+ pass context=).
+            loop.set_task_factory(self.task_factory)  # type: ignore[arg-type]
+            _shared_loops.add(loop)
+            self.loop = loop
             self.worker = _pool.acquire()
             self.state = _State.OPEN
             self.worker.jobs.put(self.job(self.bind_loop))
@@ -250,6 +270,16 @@ class _Runner:
 
     # -- worker thread
 
+    def task_factory(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        **kwargs: Any,
+    ) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        self.spawned.append(task)
+        return task
+
     def bind_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
 
@@ -258,11 +288,14 @@ class _Runner:
         assert loop is not None
         coro = self.drive_calls(first)
         try:
-            driver = loop.create_task(coro)
+            # A fresh, empty context per call, as asyncio.run's main task
+            # gets in a new thread: nothing leaks from one call to the next.
+            driver = _compat.create_task(loop, coro, contextvars.Context())
         except BaseException as exc:
             coro.close()
             self.fail_inflight(exc)
             return
+        first.task = driver
         while True:
             try:
                 loop.run_until_complete(driver)
@@ -281,57 +314,86 @@ class _Runner:
                 return
 
     async def drive_calls(self, first: Call) -> None:
-        self.start_call(first)
+        drive = first.drive
+        assert drive is not None
+        assert self.loop is not None
+        error: BaseException | None = None
+        if first.cancel_requested:
+            error = asyncio.CancelledError()
+        else:
+            try:
+                await self.run_call(first)
+            except BaseException as exc:  # a raw coroutine's error or cancellation
+                error = exc
+                if isinstance(exc, asyncio.CancelledError):
+                    _compat.uncancel(first.task)
+        self.finish_call(first, error)
         while True:
             with self.lock:
-                if self.inflight == 0:
-                    self.driving = False
-                    self.drained = None
+                if drive.pending == 0:
+                    self.spawned.clear()
                     return
-                assert self.loop is not None
-                self.drained = self.loop.create_future()
-                drained = self.drained
-            await drained
+                drive.drained = self.loop.create_future()
+            try:
+                await drive.drained
+            except asyncio.CancelledError:
+                # Cancelled as the first call's task; the others still run.
+                _compat.uncancel(first.task)
 
-    def start_call(self, call: Call) -> None:
+    def start_injected(self, call: Call) -> None:
         assert self.loop is not None
         if call.cancel_requested:
-            self.finish_call(call)
+            self.finish_call(call, asyncio.CancelledError())
             return
-        # A fresh, empty context per call, as asyncio.run's main task gets in
-        # a new thread: nothing leaks from one call to the next.
         task = _compat.create_task(
             self.loop, self.run_call(call), contextvars.Context()
         )
         call.task = task
         self.call_tasks.add(task)
-        task.add_done_callback(functools.partial(self.on_call_done, call))
+        task.add_done_callback(functools.partial(self.on_injected_done, call))
+
+    def on_injected_done(self, call: Call, task: asyncio.Task[Any]) -> None:
+        self.call_tasks.discard(task)
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        self.finish_call(call, error)
 
     async def run_call(self, call: Call) -> None:
-        before = asyncio.all_tasks()
+        mark = len(self.spawned)
         try:
             await call.coro
         finally:
-            spawned = asyncio.all_tasks() - before - self.call_tasks
-            if spawned and self.settings.task_grace > 0:
-                await asyncio.wait(spawned, timeout=self.settings.task_grace)
-
-    def on_call_done(self, call: Call, task: asyncio.Task[Any]) -> None:
-        self.call_tasks.discard(task)
-        self.finish_call(call, None if task.cancelled() else task.exception())
+            grace = self.settings.task_grace
+            if grace > 0 and len(self.spawned) > mark:
+                current = asyncio.current_task()
+                spawned = [
+                    task
+                    for task in self.spawned[mark:]
+                    if not task.done()
+                    and task is not current
+                    and task not in self.call_tasks
+                ]
+                if spawned:
+                    await asyncio.wait(spawned, timeout=grace)
 
     def finish_call(self, call: Call, exc: BaseException | None = None) -> None:
+        drive = call.drive
+        assert drive is not None
         with self.lock:
             if call not in self.calls:  # already failed by fail_inflight
                 return
             self.calls.discard(call)
-            self.inflight -= 1
-            drained = self.drained
-            if self.inflight == 0 and drained is not None and not drained.done():
-                drained.set_result(None)
-        if call.task is None or call.task.cancelled():
-            # Never started, or cancelled before its first step: close the
-            # coroutine so it is not reported as "never awaited".
+            drive.pending -= 1
+            if drive.pending == 0:
+                # Stop accepting injections before the caller can call again:
+                # its next call starts a new drive instead.
+                if self.current_drive is drive:
+                    self.current_drive = None
+                drained = drive.drained
+                if drained is not None and not drained.done():
+                    drained.set_result(None)
+        if call.task is None or call.task.cancelled() or call.cancel_requested:
+            # Possibly never started: close it so it is not reported as
+            # "never awaited" (closing a finished coroutine does nothing).
             call.coro.close()
         _resolve(call.done, exc)
 
@@ -343,17 +405,15 @@ class _Runner:
     def fail_inflight(self, exc: BaseException) -> None:
         """The loop could not be driven: fail every call in flight, never hang."""
         with self.lock:
-            self.driving = False
-            self.inflight = 0
-            self.drained = None
+            self.current_drive = None
             calls, self.calls = self.calls, set()
+        self.spawned.clear()
         error = RuntimeError(
             f"asgiref-loopshare: the shared event loop cannot run: {exc!r}"
         )
         error.__cause__ = exc
         for call in calls:
-            if call.task is None:
-                call.coro.close()
+            call.coro.close()
             _resolve(call.done, error)
 
     def run_job(
@@ -485,13 +545,14 @@ class LoopExecutor(Executor):
         with runner.lock:
             worker = runner.open_locked()
             runner.calls.add(call)
-            if runner.driving:
-                runner.inflight += 1
+            drive = runner.current_drive
+            if drive is not None:
+                drive.pending += 1
+                call.drive = drive
                 assert runner.loop is not None
-                runner.loop.call_soon_threadsafe(runner.start_call, call)
+                runner.loop.call_soon_threadsafe(runner.start_injected, call)
                 return call
-            runner.driving = True
-            runner.inflight = 1
+            call.drive = runner.current_drive = _Drive()
         worker.jobs.put(runner.job(functools.partial(runner.drive, call)))
         return call
 

@@ -1,0 +1,251 @@
+"""The in-place patch of Django's WSGI handlers: one `LoopScope` per request.
+
+How a request is followed from start to end without a reference cycle:
+
+- ``__call__`` of ``WSGIHandler`` and of the test client's ``ClientHandler`` is
+  wrapped (whatever is there at `install` time, so patches applied earlier, such
+  as an APM's, stay in the chain). The wrapper creates a `LoopScope`, activates
+  it before Django sends ``request_started`` and publishes it as this thread's
+  *pending* scope.
+- ``get_response`` of those handlers (and of the two static-files handlers that
+  override it) is wrapped: the outermost wrapper takes the pending scope and
+  stores it on the response it returns, as ``response._loopshare_scope``. The
+  response refers to the scope; the scope never refers to the response.
+- ``HttpResponseBase.close`` is wrapped once, on the class: when the response
+  carries a scope, it activates the scope in whatever thread and contextvars
+  context runs ``close()`` (waitress closes file responses from another thread),
+  runs Django's ``close()`` - resource closers, then ``request_finished`` with
+  its async receivers on the request's loop - then deactivates and closes the
+  scope. ``response.close`` stays an ordinary bound method, so
+  ``wsgi.file_wrapper`` objects (which copy ``filelike.close`` when built) and
+  WSGI middleware that keep only ``close`` work as with stock Django.
+- If anything raises before the response is returned, the wrapper closes the
+  scope at once. A request that never awaits anything never starts a loop.
+
+After a successful ``__call__`` the scope stays set in the request thread's
+contextvars context on purpose: servers iterate the body in that thread, and
+Django consumes an async streaming body with ``async_to_sync`` only then. The
+next request's activation replaces it; a closed scope left set behaves as stock
+asgiref (see `LoopScope`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import asgiref_loopshare
+from asgiref_loopshare import LoopScope
+
+__all__ = ["SCOPE_ATTR", "disable", "enable", "is_enabled", "scope_of"]
+
+#: Name of the attribute that carries a response's `LoopScope`.
+SCOPE_ATTR = "_loopshare_scope"
+
+
+class _ThreadState(threading.local):
+    #: The scope of the request whose ``get_response`` has not returned yet.
+    pending: LoopScope | None = None
+    #: The scope of the innermost request being handled by this thread.
+    current: LoopScope | None = None
+
+
+_state = _ThreadState()
+_enabled = False
+_lock = threading.RLock()
+#: Whether `enable` installed the asgiref patch (then `disable` removes it).
+_installed_core = False
+
+
+def scope_of(response: Any) -> LoopScope | None:
+    """The scope a response will close, or ``None`` (tests and debugging)."""
+    scope: LoopScope | None = vars(response).get(SCOPE_ATTR)
+    return scope
+
+
+def _handle(
+    call: Callable[..., Any], handler: Any, args: tuple[Any, ...], kwargs: Any
+) -> Any:
+    state = _state
+    outer_pending = state.pending
+    outer = state.current
+    scope = LoopScope()
+    token = scope.activate()
+    state.pending = state.current = scope
+    try:
+        result = call(handler, *args, **kwargs)
+    except BaseException:
+        state.pending = outer_pending
+        state.current = outer
+        scope.deactivate(token)
+        scope.close()
+        raise
+    if state.pending is scope:
+        # No patched get_response saw the response (a handler subclass of
+        # unknown shape): attach to the response if we have it, else end now.
+        state.pending = outer_pending
+        if _is_response(result) and SCOPE_ATTR not in vars(result):
+            setattr(result, SCOPE_ATTR, scope)
+        else:
+            scope.close()
+    state.current = outer
+    if outer is not None:
+        # An in-process request inside another one (a view using the test
+        # client): hand the outer request its scope back.
+        outer.activate()
+    return result
+
+
+def _is_response(obj: Any) -> bool:
+    from django.http.response import HttpResponseBase
+
+    return isinstance(obj, HttpResponseBase)
+
+
+def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _enabled:
+            return original(self, *args, **kwargs)
+        return _handle(original, self, args, kwargs)
+
+    return __call__
+
+
+def _wrap_get_response(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def get_response(self: Any, request: Any) -> Any:
+        state = _state
+        scope = state.pending
+        if scope is None:
+            return original(self, request)
+        # Hidden from inner get_response wrappers and nested requests: only
+        # the response the handler gets back carries the scope.
+        state.pending = None
+        response = original(self, request)
+        setattr(response, SCOPE_ATTR, scope)
+        return response
+
+    return get_response
+
+
+def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    @functools.wraps(original)
+    def close(self: Any) -> None:
+        scope: LoopScope | None = vars(self).pop(SCOPE_ATTR, None)
+        if scope is None:
+            original(self)
+            return
+        token = scope.activate()
+        try:
+            original(self)
+        finally:
+            scope.deactivate(token)
+            scope.close()
+            _unhook_file_to_stream(self)
+
+    return close
+
+
+def _unhook_file_to_stream(response: Any) -> None:
+    """Break the cycle WSGIHandler makes for ``wsgi.file_wrapper``, once closed.
+
+    Django sets ``response.file_to_stream.close = response.close`` (a bound
+    method: response -> file -> response) so that the server's file wrapper
+    closes the response. Once the response is closed that hook has done its
+    job; dropping it lets reference counting free the response.
+    """
+    stream = vars(response).get("file_to_stream")
+    hook = getattr(stream, "__dict__", {}).get("close")
+    if getattr(hook, "__self__", None) is response:
+        del stream.close
+
+
+def _inherited(cls: type, name: str) -> Callable[..., Any]:
+    """Call *name* as the class would without its own definition (dynamic)."""
+
+    def inherited(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(super(cls, self), name)(*args, **kwargs)
+
+    inherited.__name__ = inherited.__qualname__ = name
+    return inherited
+
+
+class _Patch(NamedTuple):
+    cls: type
+    name: str
+    previous: Any  # the class's own attribute before patching, or _ABSENT
+    wrapper: Any
+
+
+_ABSENT = object()
+#: Patches applied and not (yet) restored, in order.
+_patches: list[_Patch] = []
+
+
+def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
+    from django.contrib.staticfiles.handlers import StaticFilesHandlerMixin
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.http.response import HttpResponseBase
+    from django.test.client import ClientHandler
+    from django.test.testcases import FSFilesHandler
+
+    return [
+        (HttpResponseBase, "close", _wrap_close),
+        (WSGIHandler, "__call__", _wrap_call),
+        (WSGIHandler, "get_response", _wrap_get_response),
+        (ClientHandler, "__call__", _wrap_call),
+        (ClientHandler, "get_response", _wrap_get_response),
+        # Handlers that override get_response without calling super().
+        (StaticFilesHandlerMixin, "get_response", _wrap_get_response),
+        (FSFilesHandler, "get_response", _wrap_get_response),
+    ]
+
+
+def enable() -> None:
+    """Install the asgiref patch and the Django patch. Idempotent."""
+    global _enabled, _installed_core
+    with _lock:
+        if not asgiref_loopshare.is_installed():
+            asgiref_loopshare.install()
+            _installed_core = True
+        applied = {(patch.cls, patch.name) for patch in _patches}
+        for cls, name, make_wrapper in _targets():
+            if (cls, name) in applied:
+                continue  # still in place from an earlier enable()
+            previous = cls.__dict__.get(name, _ABSENT)
+            original = _inherited(cls, name) if previous is _ABSENT else previous
+            wrapper = make_wrapper(original)
+            setattr(cls, name, wrapper)
+            _patches.append(_Patch(cls, name, previous, wrapper))
+        _enabled = True
+
+
+def disable() -> None:
+    """Undo `enable`. Idempotent.
+
+    A wrapper that something else has wrapped since stays in place (removing it
+    would remove the other patch too) but passes every request straight through.
+    Responses already carrying a scope still close it.
+    """
+    global _enabled, _installed_core
+    with _lock:
+        _enabled = False
+        for patch in reversed(list(_patches)):
+            if patch.cls.__dict__.get(patch.name) is not patch.wrapper:
+                continue
+            if patch.previous is _ABSENT:
+                delattr(patch.cls, patch.name)
+            else:
+                setattr(patch.cls, patch.name, patch.previous)
+            _patches.remove(patch)
+        if _installed_core:
+            asgiref_loopshare.uninstall()
+            _installed_core = False
+
+
+def is_enabled() -> bool:
+    """Whether the Django patch is in effect (with the asgiref patch)."""
+    return _enabled and asgiref_loopshare.is_installed()
