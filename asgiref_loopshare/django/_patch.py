@@ -150,17 +150,25 @@ def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
 
 
 def _unhook_file_to_stream(response: Any) -> None:
-    """Break the cycle WSGIHandler makes for ``wsgi.file_wrapper``, once closed.
+    """Break the cycles of a closed ``FileResponse`` served via ``wsgi.file_wrapper``.
 
     Django sets ``response.file_to_stream.close = response.close`` (a bound
     method: response -> file -> response) so that the server's file wrapper
-    closes the response. Once the response is closed that hook has done its
-    job; dropping it lets reference counting free the response.
+    closes the response, and ``FileResponse`` iterates through a lambda that
+    refers to the response (response -> iterator -> lambda -> response), which
+    only exhaustion drops - and the server reads the file itself, so it never
+    is. Once the response is closed both have done their job; dropping them lets
+    reference counting free the response.
     """
-    stream = vars(response).get("file_to_stream")
+    attributes = vars(response)
+    stream = attributes.get("file_to_stream")
+    if stream is None:
+        return
     hook = getattr(stream, "__dict__", {}).get("close")
     if getattr(hook, "__self__", None) is response:
         del stream.close
+    if "_iterator" in attributes:
+        response._iterator = iter(())
 
 
 def _inherited(cls: type, name: str) -> Callable[..., Any]:
@@ -204,6 +212,17 @@ def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
     ]
 
 
+def _in_chain(attribute: Any, wrapper: Any) -> bool:
+    """Whether *wrapper* is *attribute* or wrapped by it (``__wrapped__`` chain)."""
+    for _ in range(100):
+        if attribute is wrapper:
+            return True
+        attribute = getattr(attribute, "__wrapped__", None)
+        if attribute is None:
+            return False
+    return False
+
+
 def enable() -> None:
     """Install the asgiref patch and the Django patch. Idempotent."""
     global _enabled, _installed_core
@@ -211,6 +230,9 @@ def enable() -> None:
         if not asgiref_loopshare.is_installed():
             asgiref_loopshare.install()
             _installed_core = True
+        for patch in list(_patches):
+            if not _in_chain(patch.cls.__dict__.get(patch.name), patch.wrapper):
+                _patches.remove(patch)  # replaced by someone else since
         applied = {(patch.cls, patch.name) for patch in _patches}
         for cls, name, make_wrapper in _targets():
             if (cls, name) in applied:
@@ -226,14 +248,18 @@ def enable() -> None:
 def disable() -> None:
     """Undo `enable`. Idempotent.
 
-    A wrapper that something else has wrapped since stays in place (removing it
-    would remove the other patch too) but passes every request straight through.
-    Responses already carrying a scope still close it.
+    The handlers get their own methods back. ``HttpResponseBase.close`` keeps
+    its wrapper, which does nothing for a response without a scope: responses
+    of requests in flight still end their loop when closed. A wrapper that
+    something else has wrapped since stays in place too (removing it would
+    remove the other patch) but passes every request straight through.
     """
     global _enabled, _installed_core
     with _lock:
         _enabled = False
         for patch in reversed(list(_patches)):
+            if patch.name == "close":
+                continue  # inert without a scope; in-flight responses need it
             if patch.cls.__dict__.get(patch.name) is not patch.wrapper:
                 continue
             if patch.previous is _ABSENT:

@@ -1,0 +1,23 @@
+from typing import ClassVar
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies: ClassVar[list[tuple[str, str]]] = []
+
+    operations: ClassVar[list[migrations.operations.base.Operation]] = [
+        migrations.CreateModel(
+            name="Visit",
+            fields=[
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False
+                    ),
+                ),
+                ("path", models.CharField(max_length=200)),
+            ],
+        ),
+    ]
