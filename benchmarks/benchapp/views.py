@@ -1,0 +1,48 @@
+"""Views: sync, async, sync fan-out, and redis.asyncio GETs."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django.http import HttpRequest, HttpResponse
+
+from benchapp.clients import fake_get, record_error, redis_client, redis_get
+
+KEY = "bench:key"
+
+
+def sync_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"ok")
+
+
+async def async_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(b"ok")
+
+
+def fanout_view(request: HttpRequest) -> HttpResponse:
+    """A sync view calling an async client ``k`` times through async_to_sync."""
+    for i in range(int(request.GET.get("k", "10"))):
+        async_to_sync(fake_get)(f"key-{i}")
+    return HttpResponse(b"ok")
+
+
+def redis_sync_view(request: HttpRequest) -> HttpResponse:
+    """``k`` GETs, each through its own ``async_to_sync`` (sync code, async client)."""
+    try:
+        for _ in range(int(request.GET.get("k", "1"))):
+            async_to_sync(redis_get)(KEY)
+    except Exception as exc:
+        record_error("view", exc)
+        return HttpResponse(b"error", status=500)
+    return HttpResponse(b"ok")
+
+
+async def redis_async_view(request: HttpRequest) -> HttpResponse:
+    """``k`` GETs awaited in one async view."""
+    client = redis_client()
+    try:
+        for _ in range(int(request.GET.get("k", "1"))):
+            await client.get(KEY)
+    except Exception as exc:
+        record_error("view", exc)
+        return HttpResponse(b"error", status=500)
+    return HttpResponse(b"ok")

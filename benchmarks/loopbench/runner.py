@@ -1,0 +1,92 @@
+"""Runs the selected scenarios (inside the benchmark venv) and writes the report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from loopbench import bootstrap, harness
+from loopbench.report import Section, machine_info, write_results
+
+#: Scenario name -> (module, the section keys it produces, title).
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "calls": ("loopbench.scenarios.calls:run", "1-2: per call and per context"),
+    "wsgi": ("loopbench.scenarios.django_inproc:run_wsgi_only", "3: WSGI-only request"),
+    "async": ("loopbench.scenarios.django_inproc:run_async", "4: K1/K3/K10 requests"),
+    "redis": ("loopbench.scenarios.redis_views:run", "5: redis.asyncio views"),
+    "gunicorn": ("loopbench.scenarios.gunicorn_load:run", "6: gunicorn gthread"),
+}
+
+
+def _entry(spec: str) -> object:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(args: argparse.Namespace, command: str) -> int:
+    started = time.monotonic()
+    if args.smoke:
+        out_dir = Path(args.out) if args.out else harness.BENCH_DIR / "out" / "smoke"
+    else:
+        out_dir = Path(args.out) if args.out else harness.BENCH_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw_dir = out_dir if args.smoke or args.out else harness.BENCH_DIR / "out"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    config = harness.Config.make(args.smoke, out_dir, raw_dir)
+    if args.rounds:
+        config.rounds = args.rounds
+    selected = args.scenarios or list(SCENARIOS)
+    if "redis" in selected:
+        config.redis_server = bootstrap.ensure_redis_server()
+    info = machine_info()
+    harness.pin_self(config.other_cpu)
+
+    sections: list[Section] = []
+    failed: list[str] = []
+    for name in selected:
+        spec, title = SCENARIOS[name]
+        print(f"[bench] {name}: {title}", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            produced = _entry(spec)(config)  # type: ignore[operator]
+            sections.extend(produced)
+            for section in produced:
+                if section.error:
+                    failed.append(f"{name}: {section.error}")
+        except Exception as exc:
+            traceback.print_exc()
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            sections.append(Section(name, title, error=f"{type(exc).__name__}: {exc}"))
+        print(
+            f"[bench] {name} done in {time.monotonic() - t0:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    suite = harness.dump_suite(config)
+    elapsed = time.monotonic() - started
+    results = out_dir / "RESULTS.md"
+    write_results(
+        results,
+        sorted(sections, key=lambda s: s.key),
+        info,
+        smoke=args.smoke,
+        command=command,
+        elapsed=elapsed,
+        extra={
+            "worker CPU / other CPU": f"{config.worker_cpu} / {config.other_cpu}",
+            "rounds x processes per mode": f"{config.rounds} x {config.procs_per_mode}",
+            "pyperf suite": str(suite.relative_to(harness.REPO))
+            if suite and suite.is_relative_to(harness.REPO)
+            else str(suite),
+        },
+    )
+    print(f"[bench] wrote {results} in {elapsed:.0f}s", file=sys.stderr)
+    if failed:
+        print("[bench] FAILED: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,252 @@
+"""Scenarios 1 and 2: a trivial coroutine through each way of calling it.
+
+One unit is one *context* (or, for the modes without a context, the same
+number of calls); the batch argument is the number of calls per context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from loopbench import harness
+from loopbench.harness import Config, Mode, Pool
+from loopbench.report import Goal, Section, Table, line_plot, memory_table, times, us
+from loopbench.worker import BaseWorkload
+
+CALLS_PER_CONTEXT = (1, 2, 10, 100)
+
+
+async def trivial() -> None:
+    return None
+
+
+class CallsWorkload(BaseWorkload):
+    def __init__(self, params: dict[str, Any]) -> None:
+        from asgiref.sync import AsyncSingleThreadContext, async_to_sync
+
+        self.mode = params["mode"]
+        self.context = AsyncSingleThreadContext
+        self.async_to_sync = async_to_sync
+        if self.mode.startswith("loopshare"):
+            import asgiref_loopshare
+
+            asgiref_loopshare.install()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        if self.mode in ("bare_hop", "same_thread"):
+            self.loop = asyncio.new_event_loop()
+        if self.mode == "bare_hop":
+            self.executor = ThreadPoolExecutor(1)
+
+    def run(self, n: int, arg: Any) -> None:
+        calls = int(arg)
+        a2s = self.async_to_sync
+        if self.mode in ("stock_ctx", "loopshare_ctx"):
+            context = self.context
+            for _ in range(n):
+                with context():  # type: ignore[no-untyped-call]
+                    for _ in range(calls):
+                        a2s(trivial)()
+        elif self.mode in ("stock", "loopshare_noctx"):
+            for _ in range(n * calls):
+                a2s(trivial)()
+        elif self.mode == "bare_hop":
+            assert self.executor is not None
+            assert self.loop is not None
+            submit, run = self.executor.submit, self.loop.run_until_complete
+            for _ in range(n * calls):
+                submit(run, trivial()).result()
+        elif self.mode == "same_thread":
+            assert self.loop is not None
+            run = self.loop.run_until_complete
+            for _ in range(n * calls):
+                run(trivial())
+        else:
+            raise ValueError(self.mode)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+        if self.loop is not None:
+            self.loop.close()
+
+
+def make(params: dict[str, Any]) -> CallsWorkload:
+    return CallsWorkload(params)
+
+
+FACTORY = "loopbench.scenarios.calls:make"
+LABELS = {
+    "stock": "stock async_to_sync (no context)",
+    "stock_ctx": "stock, inside AsyncSingleThreadContext",
+    "loopshare_ctx": "loopshare, inside a context",
+    "loopshare_noctx": "loopshare installed, no context (= stock path)",
+    "bare_hop": "floor: bare hop (1-worker executor, persistent loop)",
+    "same_thread": "floor: run_until_complete on the calling thread",
+}
+
+
+def _modes(names: list[str]) -> list[Mode]:
+    return [Mode(name, FACTORY, {"mode": name}) for name in names]
+
+
+def run(config: Config) -> list[Section]:
+    per_call = _per_call(config)
+    per_context = _per_context(config)
+    return [per_call, per_context]
+
+
+def _per_call(config: Config) -> Section:
+    section = Section(
+        "1",
+        "Per call: a trivial coroutine, 1/2/10/100 calls per context",
+        "µs per call = (context enter + calls + exit) / calls. The floors have no "
+        "context: a call there is one hop to a persistent loop on a 1-worker "
+        "executor, or `run_until_complete` without any hop.",
+    )
+    names = list(LABELS)
+    results: dict[int, dict[str, harness.Measured]] = {}
+    with Pool(config, _modes(names)) as pool:
+        for calls in CALLS_PER_CONTEXT:
+            measured = pool.interleave(calls)
+            harness.record(config, f"calls/context={calls}", measured)
+            results[calls] = measured
+        mem = pool.memory()
+    table = Table(
+        "CPU µs per call (wall µs) — ratio to loopshare in a context",
+        ["mode", *(f"{c} call{'s' if c > 1 else ''}/ctx" for c in CALLS_PER_CONTEXT)],
+    )
+    for name in names:
+        row = [LABELS[name]]
+        for calls in CALLS_PER_CONTEXT:
+            m = results[calls][name]
+            ref = results[calls]["loopshare_ctx"]
+            row.append(
+                f"{us(m.cpu_us / calls)} ({us(m.wall_us / calls)}) "
+                f"{times(m.cpu_us / ref.cpu_us)} ±{m.cpu_spread * 100:.0f}%"
+            )
+        table.rows.append(row)
+    section.tables.append(table)
+    section.tables.append(memory_table(mem, names, LABELS))
+    series = {
+        LABELS[name]: (
+            list(CALLS_PER_CONTEXT),
+            [results[c][name].cpu_us / c for c in CALLS_PER_CONTEXT],
+        )
+        for name in names
+    }
+    section.plots.append(
+        line_plot(
+            config.out_dir / "per_call_latency.png",
+            "Per-call CPU time vs calls per context (trivial coroutine)",
+            "calls per context",
+            "CPU µs per call",
+            series,
+            logx=True,
+            logy=True,
+        )
+    )
+    # Goals, at 100 calls per context (the steady per-call cost) and marginal.
+    at = results[100]
+    ls, hop = at["loopshare_ctx"].cpu_us / 100, at["bare_hop"].cpu_us / 100
+    stock_ctx, stock = at["stock_ctx"].cpu_us / 100, at["stock"].cpu_us / 100
+    marginal = (
+        results[100]["loopshare_ctx"].cpu_us - results[10]["loopshare_ctx"].cpu_us
+    ) / 90
+    section.goals += [
+        Goal(
+            "in-context call vs bare hop",
+            "≤ 1.25x",
+            f"{times(ls / hop)} ({us(ls)} vs {us(hop)} µs at 100 calls/ctx; "
+            f"marginal call {us(marginal)} µs)",
+            ls / hop <= 1.25,
+        ),
+        Goal(
+            "vs stock in a context",
+            "≥ 2.5x faster",
+            f"{times(stock_ctx / ls)} faster ({us(stock_ctx)} vs {us(ls)} µs)",
+            stock_ctx / ls >= 2.5,
+        ),
+        Goal(
+            "vs stock plain async_to_sync",
+            "≥ 4x faster",
+            f"{times(stock / ls)} faster ({us(stock)} vs {us(ls)} µs)",
+            stock / ls >= 4,
+        ),
+    ]
+    one = results[1]
+    section.findings.append(
+        f"At 1 call per context loopshare costs {us(one['loopshare_ctx'].cpu_us)} µs "
+        f"vs stock-in-context {us(one['stock_ctx'].cpu_us)} µs and stock plain "
+        f"{us(one['stock'].cpu_us)} µs; installing without a context costs "
+        f"{times(one['loopshare_noctx'].cpu_us / one['stock'].cpu_us)} stock."
+    )
+    return section
+
+
+def _per_context(config: Config) -> Section:
+    section = Section(
+        "2",
+        "Cost per context: enter + exit with 0 calls and with 1 call",
+        "µs per context. Threads started (`threading.Thread.start`) and event loops "
+        "constructed (`BaseEventLoop.__init__`) are counted per context over a "
+        "separate, untimed batch after warm-up (loopshare's worker threads are "
+        "pooled, so a warm process starts none).",
+    )
+    names = ["stock_ctx", "loopshare_ctx", "stock"]
+    table = Table(
+        "",
+        [
+            "mode",
+            "calls",
+            "CPU µs / context",
+            "wall µs",
+            "vs stock ctx",
+            "threads / ctx",
+            "loops / ctx",
+        ],
+    )
+    goals_data: dict[tuple[str, int], dict[str, Any]] = {}
+    with Pool(config, _modes(names)) as pool:
+        for calls in (0, 1):
+            active = names if calls else names[:2]
+            measured = pool.interleave(calls) if calls else _without(pool, "stock", 0)
+            harness.record(config, f"context/calls={calls}", measured)
+            counts = pool.count(calls, n=config.scaled(200, 10))
+            for name in active:
+                m, c = measured[name], counts[name]
+                goals_data[(name, calls)] = c
+                table.rows.append(
+                    [
+                        LABELS[name],
+                        str(calls),
+                        us(m.cpu_us),
+                        us(m.wall_us),
+                        times(m.cpu_us / measured["stock_ctx"].cpu_us),
+                        f"{c['threads']:.2f}",
+                        f"{c['loops']:.2f}",
+                    ]
+                )
+        mem = pool.memory()
+    section.tables += [table, memory_table(mem, names, LABELS)]
+    empty = goals_data[("loopshare_ctx", 0)]
+    section.goals.append(
+        Goal(
+            "context with no call creates nothing",
+            "0 threads, 0 loops",
+            f"{empty['threads']:.2f} threads, {empty['loops']:.2f} loops per context",
+            empty["threads"] == 0 and empty["loops"] == 0,
+        )
+    )
+    return section
+
+
+def _without(pool: Pool, skip: str, arg: Any) -> dict[str, harness.Measured]:
+    """Interleave all modes but *skip* (0 calls without a context is nothing)."""
+    saved = pool.workers.pop(skip)
+    try:
+        return pool.interleave(arg)
+    finally:
+        pool.workers[skip] = saved

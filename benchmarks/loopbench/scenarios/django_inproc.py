@@ -1,0 +1,225 @@
+"""Scenarios 3 and 4: in-process Django WSGI requests, stock handler vs the adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loopbench import harness
+from loopbench.django_workload import FACTORY
+from loopbench.harness import Config, Measured, Mode, Pool
+from loopbench.report import (
+    Goal,
+    Section,
+    Table,
+    line_plot,
+    memory_table,
+    pct,
+    times,
+    us,
+)
+
+HANDLERS = ("stock", "loopshare")
+HANDLER_LABELS = {"stock": "stock WSGIHandler", "loopshare": "adapter"}
+
+
+def django_mode(profile: str, handler: str, path: str, **params: Any) -> Mode:
+    return Mode(
+        f"{profile}/{handler}",
+        FACTORY,
+        {"handler": handler, "path": path, **params},
+        env={"BENCH_PROFILE": profile},
+    )
+
+
+def counts_cell(counts: dict[str, Any]) -> str:
+    return f"{counts['threads']:.2f} / {counts['loops']:.2f}"
+
+
+def run_wsgi_only(config: Config) -> list[Section]:
+    section = Section(
+        "3",
+        "Django WSGI-only request (no async anywhere): what WSGI-only users pay",
+        "In-process `handler(environ, start_response)`, body iterated, `close()`; "
+        "profile `wsgi` (Security + Common + a sync-only middleware, sync view). "
+        "Timed with the cyclic GC enabled and disabled. *GC objects / request*: "
+        "with gc disabled, what `gc.collect()` finds after N requests, divided by N "
+        "(0 = everything freed by reference counting). *Freed by refcount*: a "
+        "weakref to the returned response is dead right after `close()` and `del`, "
+        "before any `gc.collect()` — the ticket's reference-cycle question.",
+    )
+    modes = [django_mode("wsgi", h, "/sync/") for h in HANDLERS]
+    rounds = config.rounds * (1 if config.smoke else 2)
+    with Pool(config, modes) as pool:
+        timed = {
+            gc_on: pool.interleave(gc_enabled=gc_on, rounds=rounds)
+            for gc_on in (True, False)
+        }
+        for gc_on, measured in timed.items():
+            harness.record(config, f"wsgi-only gc={'on' if gc_on else 'off'}", measured)
+        counts = pool.count(n=config.scaled(500, 20))
+        gc_objects = pool.gc_objects(n=config.scaled(1000, 20))
+        probes = {m.name: pool.first(m.name).ask("probe") for m in modes}
+        mem = pool.memory()
+    table = Table(
+        "",
+        [
+            "handler",
+            "gc",
+            "CPU µs / request",
+            "wall µs",
+            "overhead (CPU)",
+            "overhead (wall)",
+            "threads / loops per request",
+            "GC objects / request",
+            "freed by refcount",
+        ],
+    )
+    for gc_on, measured in timed.items():
+        stock = measured["wsgi/stock"]
+        for mode in modes:
+            m = measured[mode.name]
+            table.rows.append(
+                [
+                    HANDLER_LABELS[mode.params["handler"]],
+                    "on" if gc_on else "off",
+                    f"{us(m.cpu_us)} ±{m.cpu_spread * 100:.1f}%",
+                    us(m.wall_us),
+                    pct(m.cpu_us / stock.cpu_us - 1),
+                    pct(m.wall_us / stock.wall_us - 1),
+                    counts_cell(counts[mode.name]),
+                    f"{gc_objects[mode.name]:.2f}",
+                    "yes" if probes[mode.name]["freed_by_refcount"] else "**no**",
+                ]
+            )
+    section.tables += [table, memory_table(mem, [m.name for m in modes], {})]
+    on, off = timed[True], timed[False]
+    overhead = on["wsgi/loopshare"].cpu_us / on["wsgi/stock"].cpu_us - 1
+    overhead_off = off["wsgi/loopshare"].cpu_us / off["wsgi/stock"].cpu_us - 1
+    ours = counts["wsgi/loopshare"]
+    section.goals += [
+        Goal(
+            "WSGI-only overhead",
+            "≤ 2 %",
+            f"{pct(overhead)} gc on, {pct(overhead_off)} gc off "
+            f"({us(on['wsgi/loopshare'].cpu_us)} vs {us(on['wsgi/stock'].cpu_us)} µs)",
+            overhead <= 0.02,
+        ),
+        Goal(
+            "WSGI-only creates nothing",
+            "0 threads, 0 loops",
+            f"{ours['threads']:.2f} threads, {ours['loops']:.2f} loops per request",
+            ours["threads"] == 0 and ours["loops"] == 0,
+        ),
+        Goal(
+            "WSGI-only leaves nothing for the GC",
+            "0 objects, response freed by refcount",
+            f"{gc_objects['wsgi/loopshare']:.2f} objects / request (stock "
+            f"{gc_objects['wsgi/stock']:.2f}); freed by refcount: "
+            f"{probes['wsgi/loopshare']['freed_by_refcount']}",
+            gc_objects["wsgi/loopshare"] == 0
+            and bool(probes["wsgi/loopshare"]["freed_by_refcount"]),
+        ),
+    ]
+    _check_failures(section, mem)
+    return [section]
+
+
+#: Issue 10's request kinds: async_to_sync calls per request and what makes them.
+K_PROFILES = {
+    "k1": (1, "one async view, nothing else async"),
+    "k3": (3, "async-only middleware + async view + async request_finished receiver"),
+    "k10": (10, "sync middleware calling an async client 9x + async view"),
+}
+
+
+def run_async(config: Config) -> list[Section]:
+    section = Section(
+        "4",
+        "Django requests with async code: K1 / K3 / K10 (issue 10)",
+        "In-process WSGI requests to an async view; the profiles add async "
+        "middleware and receivers (see `benchapp/settings.py`). CPU µs per request "
+        "(wall µs). Threads started / event loops created per request, counted "
+        "after warm-up.",
+    )
+    modes = [
+        django_mode(profile, handler, "/async/")
+        for profile in K_PROFILES
+        for handler in HANDLERS
+    ]
+    with Pool(config, modes) as pool:
+        measured = pool.interleave()
+        harness.record(config, "django-async", measured)
+        counts = pool.count(n=config.scaled(200, 10))
+        mem = pool.memory()
+    table = Table(
+        "",
+        [
+            "K",
+            "request",
+            "stock µs",
+            "adapter µs",
+            "adapter / stock",
+            "threads / loops per request: stock → adapter",
+        ],
+    )
+    xs, stock_ys, ours_ys = [], [], []
+    for profile, (k, what) in K_PROFILES.items():
+        stock, ours = measured[f"{profile}/stock"], measured[f"{profile}/loopshare"]
+        table.rows.append(
+            [
+                str(k),
+                what,
+                f"{us(stock.cpu_us)} ({us(stock.wall_us)})",
+                f"{us(ours.cpu_us)} ({us(ours.wall_us)})",
+                f"{times(ours.cpu_us / stock.cpu_us)} "
+                f"(wall {times(ours.wall_us / stock.wall_us)})",
+                f"{counts_cell(counts[f'{profile}/stock'])} → "
+                f"{counts_cell(counts[f'{profile}/loopshare'])}",
+            ]
+        )
+        xs.append(k)
+        stock_ys.append(stock.cpu_us)
+        ours_ys.append(ours.cpu_us)
+    section.tables += [table, memory_table(mem, [m.name for m in modes], {})]
+    section.plots.append(
+        line_plot(
+            config.out_dir / "per_request_vs_k.png",
+            "Django WSGI request with K async_to_sync calls (in-process)",
+            "async_to_sync calls per request (K)",
+            "CPU µs per request",
+            {
+                "stock WSGIHandler": (xs, stock_ys),
+                "asgiref-loopshare adapter": (xs, ours_ys),
+            },
+        )
+    )
+    section.goals += [
+        _k_goal(measured, "k1", "≤ 1.05x stock", lambda r: r <= 1.05, slower=True),
+        _k_goal(measured, "k3", "≥ 1.5x faster", lambda r: 1 / r >= 1.5),
+        _k_goal(measured, "k10", "≥ 3x faster", lambda r: 1 / r >= 3),
+    ]
+    _check_failures(section, mem)
+    return [section]
+
+
+def _k_goal(
+    measured: dict[str, Measured],
+    profile: str,
+    target: str,
+    check: Any,
+    *,
+    slower: bool = False,
+) -> Goal:
+    stock, ours = measured[f"{profile}/stock"], measured[f"{profile}/loopshare"]
+    r = ours.cpu_us / stock.cpu_us
+    text = (
+        f"{times(r)} stock" if slower else f"{times(1 / r)} faster"
+    ) + f" ({us(ours.cpu_us)} vs {us(stock.cpu_us)} µs)"
+    return Goal(f"{profile.upper()} request", target, text, bool(check(r)))
+
+
+def _check_failures(section: Section, mem: dict[str, dict[str, Any]]) -> None:
+    """A request that did not answer 200 is an error of the benchmark itself."""
+    bad = {name: m.get("info_errors") for name, m in mem.items() if m.get("n_failures")}
+    if bad:
+        section.error = f"requests failed: {bad}"
