@@ -23,18 +23,21 @@ import contextlib
 import contextvars
 import inspect
 import os
+import signal
 import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
+from types import FrameType
 from typing import Any, TypeVar
 
 from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
-from asgiref_loopshare._loop import LoopExecutor, is_shared_loop
+from asgiref_loopshare._loop import Call, LoopExecutor, get_settings, is_shared_loop
 
 __all__ = ["ContextExecutor", "LoopScope", "loopshare_call", "stock_call"]
 
@@ -193,15 +196,24 @@ def _call_on_shared_loop(
             coroutine,
         )
         call = executor.start_call(_loop_wrap(awaitable, current_executor))
+        guard = _SigintGuard.install(executor, call)
         try:
             current_executor.run_until_future(call.done)
         except BaseException:
-            # KeyboardInterrupt or SystemExit raised in this thread while it
-            # waited: cancel the coroutine and let it finish (serving its
-            # thread-sensitive work) before the exception propagates.
+            # An exception raised in this thread by a signal handler (SystemExit,
+            # or KeyboardInterrupt off the main thread's guard). It may have
+            # landed inside the CurrentThreadExecutor's lock handling, so do
+            # not wait on it again: cancel and wait, bounded, on the call.
             executor.cancel_call(call)
-            current_executor.run_until_future(call.done)
+            futures_wait([call.done], timeout=get_settings().cancel_timeout)
             raise
+        finally:
+            if guard is not None:
+                guard.uninstall()
+        if guard is not None and guard.interrupted:
+            # Ctrl-C: the coroutine was cancelled and has finished (its
+            # finally blocks ran); now raise it, as asyncio.Runner does.
+            raise KeyboardInterrupt
         try:
             call.done.result()
         except BaseException:
@@ -224,6 +236,43 @@ def _call_on_shared_loop(
             else:
                 setattr(threadlocal, name, value)
     return call_result.result()
+
+
+class _SigintGuard:
+    """Ctrl-C while the main thread waits for a call: cancel the call first.
+
+    Python raises KeyboardInterrupt between any two bytecodes, including inside
+    ``threading.Condition`` - which can leave asgiref's CurrentThreadExecutor
+    lock broken. Like ``asyncio.Runner``, take SIGINT over while waiting: the
+    first cancels the coroutine, a second one raises at once.
+    """
+
+    __slots__ = ("call", "executor", "interrupted")
+
+    def __init__(self, executor: ContextExecutor, call: Call) -> None:
+        self.executor = executor
+        self.call = call
+        self.interrupted = False
+
+    @classmethod
+    def install(cls, executor: ContextExecutor, call: Call) -> _SigintGuard | None:
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            return None
+        guard = cls(executor, call)
+        signal.signal(signal.SIGINT, guard.on_sigint)
+        return guard
+
+    def on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.interrupted or self.call.done.done():
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.executor.cancel_call(self.call)
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Per shared loop, the CurrentThreadExecutors of the calls in flight; the

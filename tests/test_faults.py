@@ -8,6 +8,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 
 import pytest
 from asgiref.sync import AsyncSingleThreadContext
@@ -35,6 +36,9 @@ def test_ctrl_c_cancels_the_coroutine_before_propagating(
 
     def interrupt() -> None:
         started.wait(10)
+        # Let the caller block first: CPython runs a handler for a signal that
+        # lands just before a blocking lock wait only once that wait ends.
+        time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGINT)
 
     with AsyncSingleThreadContext():
@@ -65,6 +69,8 @@ def test_call_after_the_loop_was_closed_elsewhere_raises_clearly(
 ) -> None:
     with AsyncSingleThreadContext():
         loop, _ = async_to_sync(loop_and_thread)()
+        while loop.is_running():  # the worker may still be leaving the loop
+            time.sleep(0.001)
         loop.close()
         with pytest.raises(RuntimeError, match="shared event loop cannot run"):
             async_to_sync(loop_and_thread)()
