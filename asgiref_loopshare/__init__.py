@@ -8,6 +8,9 @@ Public surface:
 
 - `install` / `uninstall` / `is_installed`: patch the installed asgiref in place.
 - `asgiref_loopshare.sync`: a drop-in for ``asgiref.sync`` that patches nothing.
+- `configure`: tunables (how long spawned tasks may finish, teardown bounds,
+  idle worker threads kept, the loop factory).
+- `LoopScope`: a context for lifetimes that end on another thread (adapters).
 - `asgiref_loopshare.django`: one shared loop per Django WSGI request.
 """
 
@@ -16,14 +19,18 @@ from asgiref_loopshare._compat import UnsupportedVersionError, check_versions
 check_versions()
 
 from asgiref_loopshare._core import LoopScope  # noqa: E402
+from asgiref_loopshare._loop import Settings, configure, get_settings  # noqa: E402
 from asgiref_loopshare._patch import install, is_installed, uninstall  # noqa: E402
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "LoopScope",
+    "Settings",
     "UnsupportedVersionError",
     "__version__",
+    "configure",
+    "get_settings",
     "install",
     "is_installed",
     "uninstall",
