@@ -32,6 +32,17 @@ async def redis_get(key: str) -> Any:
     return await redis_client().get(key)
 
 
+async def fresh_client_get(key: str) -> Any:
+    """One GET through a client made for this call: what works under stock."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    try:
+        return await client.get(key)
+    finally:
+        await client.aclose()
+
+
 #: Errors seen by the views and receivers, by kind (read by the benchmark).
 errors: dict[str, int] = {}
 

@@ -9,5 +9,6 @@ urlpatterns = [
     path("async/", views.async_view),
     path("fanout/", views.fanout_view),
     path("redis/sync/", views.redis_sync_view),
+    path("redis/fresh/", views.redis_fresh_view),
     path("redis/async/", views.redis_async_view),
 ]

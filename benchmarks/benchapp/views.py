@@ -5,7 +5,13 @@ from __future__ import annotations
 from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
 
-from benchapp.clients import fake_get, record_error, redis_client, redis_get
+from benchapp.clients import (
+    fake_get,
+    fresh_client_get,
+    record_error,
+    redis_client,
+    redis_get,
+)
 
 KEY = "bench:key"
 
@@ -30,6 +36,17 @@ def redis_sync_view(request: HttpRequest) -> HttpResponse:
     try:
         for _ in range(int(request.GET.get("k", "1"))):
             async_to_sync(redis_get)(KEY)
+    except Exception as exc:
+        record_error("view", exc)
+        return HttpResponse(b"error", status=500)
+    return HttpResponse(b"ok")
+
+
+def redis_fresh_view(request: HttpRequest) -> HttpResponse:
+    """``k`` GETs, each through ``async_to_sync`` with a client of its own."""
+    try:
+        for _ in range(int(request.GET.get("k", "1"))):
+            async_to_sync(fresh_client_get)(KEY)
     except Exception as exc:
         record_error("view", exc)
         return HttpResponse(b"error", status=500)

@@ -47,9 +47,9 @@ class Config:
     smoke: bool
     out_dir: Path  # RESULTS.md and the plots
     raw_dir: Path  # the pyperf suite
-    rounds: int = 12
+    rounds: int = 30
     procs_per_mode: int = 2
-    batch_seconds: float = 0.06
+    batch_seconds: float = 0.08
     worker_cpu: int | None = None
     other_cpu: int | None = None
     redis_server: str | None = None
@@ -99,8 +99,11 @@ class Worker:
         params: dict[str, Any],
         cpu: int | None,
         env: dict[str, str] | None = None,
+        thread: bool = False,
     ) -> None:
-        spec = json.dumps({"factory": factory, "params": params, "cpu": cpu})
+        spec = json.dumps(
+            {"factory": factory, "params": params, "cpu": cpu, "thread": thread}
+        )
         self.label = f"{factory} {params}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "loopbench.worker", spec],
@@ -151,6 +154,8 @@ class Mode:
     factory: str
     params: dict[str, Any]
     env: dict[str, str] | None = None
+    #: Run on a non-main thread of the worker (as a WSGI server would).
+    thread: bool = False
 
 
 @dataclass
@@ -226,7 +231,13 @@ class Pool:
         try:
             for mode in self.modes:
                 self.workers[mode.name] = [
-                    Worker(mode.factory, mode.params, self.config.worker_cpu, mode.env)
+                    Worker(
+                        mode.factory,
+                        mode.params,
+                        self.config.worker_cpu,
+                        mode.env,
+                        mode.thread,
+                    )
                     for _ in range(self.config.procs_per_mode)
                 ]
         except BaseException:

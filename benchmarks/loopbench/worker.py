@@ -1,7 +1,9 @@
 """A benchmark worker process: one workload, pinned to one CPU, driven over a pipe.
 
 Started by `loopbench.harness.Worker` as ``python -m loopbench.worker SPEC``
-where SPEC is JSON ``{"factory": "module:function", "params": {...}, "cpu": N}``.
+where SPEC is JSON ``{"factory": "module:function", "params": {...}, "cpu": N,
+"thread": bool}`` (``thread``: run the workload on one persistent non-main
+thread, as a WSGI server does, instead of the main thread).
 It answers one JSON line per command line read on stdin; the workload's own
 prints go to stderr, never into the protocol.
 
@@ -28,8 +30,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+_T = TypeVar("_T")
 
 
 class Workload(Protocol):
@@ -112,13 +117,33 @@ def _load(factory: str) -> Callable[[dict[str, Any]], Workload]:
     return made
 
 
-def _time(workload: Workload, n: int, arg: Any, gc_enabled: bool) -> dict[str, Any]:
+class _Caller:
+    """Runs the workload on the main thread or on one persistent other thread.
+
+    WSGI servers call the application from their own threads, never the main
+    one; the per-batch hop to that thread is outside the loop of units.
+    """
+
+    def __init__(self, on_thread: bool) -> None:
+        self.executor = ThreadPoolExecutor(1) if on_thread else None
+        if self.executor is not None:
+            self.executor.submit(int).result()  # start the thread now
+
+    def __call__(self, fn: Callable[[], _T]) -> _T:
+        if self.executor is None:
+            return fn()
+        return self.executor.submit(fn).result()
+
+
+def _time(
+    workload: Workload, call: _Caller, n: int, arg: Any, gc_enabled: bool
+) -> dict[str, Any]:
     gc.collect()
     if not gc_enabled:
         gc.disable()
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        latencies = workload.run(n, arg)
+        latencies = call(lambda: workload.run(n, arg))
         cpu1, wall1 = time.process_time(), time.perf_counter()
     finally:
         gc.enable()
@@ -129,11 +154,11 @@ def _time(workload: Workload, n: int, arg: Any, gc_enabled: bool) -> dict[str, A
     }
 
 
-def _count(workload: Workload, n: int, arg: Any) -> dict[str, Any]:
+def _count(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any]:
     creations = Creations()
     before = threading.active_count()
     with creations.counting():
-        workload.run(n, arg)
+        call(lambda: workload.run(n, arg))
     return {
         "threads": creations.threads / n,
         "loops": creations.loops / n,
@@ -142,11 +167,11 @@ def _count(workload: Workload, n: int, arg: Any) -> dict[str, Any]:
     }
 
 
-def _gc(workload: Workload, n: int, arg: Any) -> dict[str, Any]:
+def _gc(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any]:
     gc.collect()
     gc.disable()
     try:
-        workload.run(n, arg)
+        call(lambda: workload.run(n, arg))
         found = gc.collect()
     finally:
         gc.enable()
@@ -160,7 +185,8 @@ def serve(spec: dict[str, Any]) -> None:
     cpu = spec.get("cpu")
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(cpu)})
-    workload = _load(spec["factory"])(spec.get("params", {}))
+    call = _Caller(bool(spec.get("thread")))
+    workload = call(lambda: _load(spec["factory"])(spec.get("params", {})))
     proto.write(json.dumps({"ok": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         command = json.loads(line)
@@ -171,13 +197,13 @@ def serve(spec: dict[str, Any]) -> None:
             if op == "quit":
                 break
             if op == "time":
-                reply = _time(workload, n, arg, command.get("gc", True))
+                reply = _time(workload, call, n, arg, command.get("gc", True))
             elif op == "count":
-                reply = _count(workload, n, arg)
+                reply = _count(workload, call, n, arg)
             elif op == "gc":
-                reply = _gc(workload, n, arg)
+                reply = _gc(workload, call, n, arg)
             elif op == "probe":
-                reply = workload.probe()
+                reply = call(workload.probe)
             elif op == "stats":
                 reply = {**workload.stats(), **memory()}
             else:
@@ -188,7 +214,7 @@ def serve(spec: dict[str, Any]) -> None:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         proto.write(json.dumps(reply) + "\n")
     try:
-        workload.close()
+        call(workload.close)
     finally:
         proto.close()
 

@@ -78,10 +78,13 @@ def make(params: dict[str, Any]) -> CallsWorkload:
 
 
 FACTORY = "loopbench.scenarios.calls:make"
+#: Mode-name suffix: the calls come from a non-main thread of the worker.
+_THREAD = "+thread"
 LABELS = {
     "stock": "stock async_to_sync (no context)",
     "stock_ctx": "stock, inside AsyncSingleThreadContext",
     "loopshare_ctx": "loopshare, inside a context",
+    "loopshare_ctx+thread": "loopshare, inside a context, from a non-main thread",
     "loopshare_noctx": "loopshare installed, no context (= stock path)",
     "bare_hop": "floor: bare hop (1-worker executor, persistent loop)",
     "same_thread": "floor: run_until_complete on the calling thread",
@@ -89,7 +92,15 @@ LABELS = {
 
 
 def _modes(names: list[str]) -> list[Mode]:
-    return [Mode(name, FACTORY, {"mode": name}) for name in names]
+    return [
+        Mode(
+            name,
+            FACTORY,
+            {"mode": name.removesuffix(_THREAD)},
+            thread=name.endswith(_THREAD),
+        )
+        for name in names
+    ]
 
 
 def run(config: Config) -> list[Section]:

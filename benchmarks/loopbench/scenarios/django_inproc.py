@@ -28,6 +28,7 @@ def django_mode(profile: str, handler: str, path: str, **params: Any) -> Mode:
         FACTORY,
         {"handler": handler, "path": path, **params},
         env={"BENCH_PROFILE": profile},
+        thread=True,  # requests come from a server thread, never the main one
     )
 
 
