@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from asgiref.sync import AsyncSingleThreadContext
+from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
 
 from asgiref_loopshare import LoopScope
 from tests.conftest import AsyncToSyncFactory, loop_and_thread
@@ -161,3 +161,26 @@ def test_exiting_the_context_from_the_worker_thread_does_not_deadlock() -> None:
     executor = _loop.LoopExecutor()
     future = executor.submit(executor.shutdown)
     assert future.result(timeout=10) is None
+
+
+def test_context_exited_on_another_thread_raises_as_stock_and_still_tears_down(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    context = AsyncSingleThreadContext()
+    context.__enter__()
+    loop, _ = async_to_sync(loop_and_thread)()
+    errors: list[BaseException] = []
+
+    def exit_elsewhere() -> None:
+        try:
+            context.__exit__(None, None, None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=exit_elsewhere)
+    thread.start()
+    thread.join(10)
+    # asgiref resets its contextvar token there: ValueError, as without us.
+    assert [type(error) for error in errors] == [ValueError]
+    assert loop.is_closed()
+    AsyncToSync.async_single_thread_context.reset(context.token)

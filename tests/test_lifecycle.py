@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import warnings
@@ -299,3 +303,70 @@ def test_exit_warnings_are_not_raised_into_the_caller(
         warnings.simplefilter("error")
         with AsyncSingleThreadContext():
             async_to_sync(noop)()
+
+
+def run_script(source: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-X", "dev", "-c", textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang guard, not a measurement
+        check=False,
+    )
+
+
+def test_interpreter_exits_cleanly_with_idle_workers() -> None:
+    result = run_script(
+        """
+        import asyncio, threading
+        from asgiref.sync import AsyncSingleThreadContext
+        from asgiref_loopshare.sync import async_to_sync
+        with AsyncSingleThreadContext():
+            async_to_sync(asyncio.sleep)(0)
+        threads = threading.enumerate()
+        assert any(t.name.startswith("asgiref-loopshare-") for t in threads)
+        print("done")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert result.stderr == ""
+
+
+def test_interpreter_exits_cleanly_with_a_context_never_exited() -> None:
+    result = run_script(
+        """
+        import asyncio
+        from asgiref.sync import AsyncSingleThreadContext
+        from asgiref_loopshare.sync import async_to_sync
+        context = AsyncSingleThreadContext()
+        context.__enter__()
+        async_to_sync(asyncio.sleep)(0)
+        print("done")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert "Event loop is closed" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_with_an_empty_pool(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        async_to_sync(loop_and_thread)()
+    assert _loop.idle_workers() >= 1
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, str(_loop.idle_workers()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        idle_in_child = int(pipe.read())
+    os.waitpid(pid, 0)
+    assert idle_in_child == 0
