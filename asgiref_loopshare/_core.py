@@ -19,7 +19,6 @@ around it: a ``CurrentThreadExecutor`` for thread-sensitive ``sync_to_async``,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import inspect
 import os
@@ -68,7 +67,9 @@ class ContextExecutor(LoopExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         context = self._context()
-        if context is not None:
+        if type(context) is _ScopeContext:
+            context.closed = True
+        elif context is not None:
             _closed_contexts.add(context)
         super().shutdown(wait, cancel_futures=cancel_futures)
 
@@ -87,13 +88,25 @@ def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | No
         executor = executors.get(context)
         if isinstance(executor, ContextExecutor) and not executor.forked:
             return executor
-        if context in _closed_contexts:
+        if _is_closed(context):
             return None
         # None yet, or inherited across fork(): never touch the parent's.
         fresh = ContextExecutor(context)
         # asgiref annotates the values as ThreadPoolExecutor; any Executor works.
         executors[context] = fresh  # type: ignore[assignment]
         return fresh
+
+
+class _ScopeContext(AsyncSingleThreadContext):
+    """The context of a `LoopScope`: it knows when it has been closed."""
+
+    closed = False
+
+
+def _is_closed(context: AsyncSingleThreadContext) -> bool:
+    if type(context) is _ScopeContext:
+        return context.closed
+    return context in _closed_contexts
 
 
 def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None:
@@ -128,13 +141,18 @@ def loopshare_call(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
     """``AsyncToSync.__call__`` that shares the context's loop (see module doc)."""
     __traceback_hide__ = True
 
-    context = (
-        None
-        if self.force_new_loop
-        else AsyncToSync.async_single_thread_context.get(None)
-    )
+    context = AsyncToSync.async_single_thread_context.get(None)
     if context is None:
         result: _R = stock_call(self, *args, **kwargs)
+        return result
+    if self.force_new_loop:
+        # Stock runs asyncio.run on the context's executor thread; make that
+        # executor ours first, or stock would store a ThreadPoolExecutor for
+        # the context and sharing would stop for the rest of it.
+        if _context_executor(context) is None:
+            result = _call_without_context(self, *args, **kwargs)
+        else:
+            result = stock_call(self, *args, **kwargs)
         return result
     _forget_stale_instance_loop(self)
     if _outer_loop(self) is not None or _running_loop() is not None:
@@ -159,7 +177,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 def _call_without_context(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
     """Stock asgiref as if no context were set (the context's loop is closed)."""
     var = AsyncToSync.async_single_thread_context
-    if var.get(None) in _closed_contexts:
+    context = var.get(None)
+    if context is not None and _is_closed(context):
         token = var.set(None)  # type: ignore[arg-type]
         try:
             result: _R = stock_call(self, *args, **kwargs)
@@ -312,7 +331,7 @@ class LoopScope:
     __slots__ = ("__weakref__", "context")
 
     def __init__(self) -> None:
-        self.context = AsyncSingleThreadContext()  # type: ignore[no-untyped-call]
+        self.context = _ScopeContext()  # type: ignore[no-untyped-call]
 
     def activate(self) -> contextvars.Token[AsyncSingleThreadContext]:
         """Make this scope current here, even inside another context."""
@@ -320,8 +339,10 @@ class LoopScope:
 
     def deactivate(self, token: contextvars.Token[AsyncSingleThreadContext]) -> None:
         """Undo `activate`; does nothing where *token* belongs to another context."""
-        with contextlib.suppress(ValueError):
+        try:  # noqa: SIM105 - contextlib.suppress() costs more, once per request
             AsyncToSync.async_single_thread_context.reset(token)
+        except ValueError:  # created in another thread's or task's context
+            pass
 
     @property
     def started(self) -> bool:
@@ -333,7 +354,7 @@ class LoopScope:
 
     def close(self) -> None:
         """Tear the loop down on its own thread and return; idempotent."""
-        _closed_contexts.add(self.context)
+        self.context.closed = True
         executor = AsyncToSync.context_to_thread_executor.pop(self.context, None)
         if executor is not None:
             executor.shutdown()

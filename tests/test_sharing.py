@@ -83,6 +83,17 @@ def test_force_new_loop_gets_a_new_loop_inside_a_context(
     assert again is shared
 
 
+def test_force_new_loop_first_does_not_turn_sharing_off(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        forced, _ = async_to_sync(loop_and_thread, force_new_loop=True)()
+        first, _ = async_to_sync(loop_and_thread)()
+        second, _ = async_to_sync(loop_and_thread)()
+    assert forced is not first
+    assert first is second
+
+
 def test_context_without_calls_creates_no_thread() -> None:
     before = threading.active_count()
     with AsyncSingleThreadContext():
