@@ -64,6 +64,7 @@ class ContextExecutor(LoopExecutor):
     def __init__(self, context: AsyncSingleThreadContext) -> None:
         super().__init__()
         self._context = weakref.ref(context)
+        self.sigint_guard: _SigintGuard | None = None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         context = self._context()
@@ -72,6 +73,8 @@ class ContextExecutor(LoopExecutor):
         elif context is not None:
             _closed_contexts.add(context)
         super().shutdown(wait, cancel_futures=cancel_futures)
+        if self.sigint_guard is not None:
+            self.sigint_guard.uninstall()
 
 
 def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | None:
@@ -215,7 +218,9 @@ def _call_on_shared_loop(
             coroutine,
         )
         call = executor.start_call(_loop_wrap(awaitable, current_executor))
-        guard = _SigintGuard.install(executor, call)
+        guard = _SigintGuard.for_call(executor)
+        if guard is not None:
+            outer_wait, guard.waiting = guard.waiting, call
         try:
             current_executor.run_until_future(call.done)
         except BaseException:
@@ -228,8 +233,9 @@ def _call_on_shared_loop(
             raise
         finally:
             if guard is not None:
-                guard.uninstall()
+                guard.waiting = outer_wait
         if guard is not None and guard.interrupted:
+            guard.interrupted = False
             # Ctrl-C: the coroutine was cancelled and has finished (its
             # finally blocks ran); now raise it, as asyncio.Runner does.
             raise KeyboardInterrupt
@@ -262,36 +268,51 @@ class _SigintGuard:
 
     Python raises KeyboardInterrupt between any two bytecodes, including inside
     ``threading.Condition`` - which can leave asgiref's CurrentThreadExecutor
-    lock broken. Like ``asyncio.Runner``, take SIGINT over while waiting: the
-    first cancels the coroutine, a second one raises at once.
+    lock broken. Like ``asyncio.Runner``, take SIGINT over while a call waits:
+    the first cancels the coroutine, a second one raises at once. With no call
+    waiting it raises KeyboardInterrupt, as the default handler does.
+
+    Installed at a context's first call on the main thread (``signal.signal``
+    costs microseconds) and removed when the context ends, if still in place.
     """
 
-    __slots__ = ("call", "executor", "interrupted")
+    __slots__ = ("__weakref__", "executor", "interrupted", "waiting")
 
-    def __init__(self, executor: ContextExecutor, call: Call) -> None:
+    def __init__(self, executor: ContextExecutor) -> None:
         self.executor = executor
-        self.call = call
+        self.waiting: Call | None = None
         self.interrupted = False
 
     @classmethod
-    def install(cls, executor: ContextExecutor, call: Call) -> _SigintGuard | None:
-        if (
-            threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        ):
+    def for_call(cls, executor: ContextExecutor) -> _SigintGuard | None:
+        """The guard for a call made now by this thread, if it is the main one."""
+        if threading.current_thread() is not threading.main_thread():
             return None
-        guard = cls(executor, call)
-        signal.signal(signal.SIGINT, guard.on_sigint)
+        guard = executor.sigint_guard
+        if guard is None:
+            current = signal.getsignal(signal.SIGINT)
+            if current is not signal.default_int_handler and not (
+                isinstance(getattr(current, "__self__", None), _SigintGuard)
+            ):
+                return None  # the application has its own handler
+            guard = executor.sigint_guard = cls(executor)
+            signal.signal(signal.SIGINT, guard.on_sigint)
         return guard
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.interrupted or self.call.done.done():
+        call = self.waiting
+        if call is None or self.interrupted or call.done.done():
             raise KeyboardInterrupt
         self.interrupted = True
-        self.executor.cancel_call(self.call)
+        self.executor.cancel_call(call)
 
     def uninstall(self) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        """Give SIGINT back to the default handler (main thread only)."""
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) == self.on_sigint
+        ):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Per shared loop, the CurrentThreadExecutors of the calls in flight; the

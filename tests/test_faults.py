@@ -50,6 +50,27 @@ def test_ctrl_c_cancels_the_coroutine_before_propagating(
         assert not loop.is_closed()
 
 
+def interrupt_self() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # interrupted long before
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signals are delivered to the main thread",
+)
+def test_ctrl_c_between_calls_raises_at_once_and_the_handler_is_restored(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        async_to_sync(loop_and_thread)()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt_self()
+        loop, _ = async_to_sync(loop_and_thread)()
+        assert not loop.is_closed()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_coroutine_stopping_the_loop_does_not_break_the_call(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
