@@ -186,5 +186,21 @@ def gc_disabled() -> Iterator[None]:
         gc.enable()
 
 
+_FIGURES: list[Any] = []
+
+
+@pytest.fixture
+def figures() -> list[Any]:
+    """Figures a test wants shown in the terminal summary (``RedisFigures``)."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("asgiref-loopshare: Redis, stock vs adapter")
+        for figure in sorted(_FIGURES, key=lambda f: f.label):
+            terminalreporter.write_line(figure.line())
+
+
 def loopshare_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("asgiref-loopshare")}

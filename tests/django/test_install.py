@@ -111,7 +111,7 @@ def test_get_wsgi_application_returns_djangos_handler_with_the_patch_on() -> Non
     assert loopshare_django.is_installed()
 
 
-class _TwoCallsHandler(WSGIHandler):
+class _TwoCallsHandler(WSGIHandler):  # type: ignore[misc]
     """Defined (and instantiated) before install(): the patch must still apply.
 
     Its get_response makes two async_to_sync calls and keeps both loops (alive,
@@ -158,7 +158,7 @@ def test_a_patch_applied_before_install_stays_in_the_chain() -> None:
         seen.append("apm")
         return original(self, environ, start_response)
 
-    WSGIHandler.__call__ = apm_call  # type: ignore[method-assign]
+    WSGIHandler.__call__ = apm_call
     try:
         loopshare_django.install()
         assert one_loop_per_request(_TwoCallsHandler())
@@ -166,7 +166,7 @@ def test_a_patch_applied_before_install_stays_in_the_chain() -> None:
         loopshare_django.uninstall()
         assert WSGIHandler.__dict__["__call__"] is apm_call
     finally:
-        WSGIHandler.__call__ = original  # type: ignore[method-assign]
+        WSGIHandler.__call__ = original
 
 
 def test_uninstall_leaves_a_wrapper_wrapped_since_but_passes_through() -> None:
@@ -178,7 +178,7 @@ def test_uninstall_leaves_a_wrapper_wrapped_since_but_passes_through() -> None:
     def later_patch(self: Any, environ: Any, start_response: Any) -> Any:
         return ours(self, environ, start_response)
 
-    WSGIHandler.__call__ = later_patch  # type: ignore[method-assign]
+    WSGIHandler.__call__ = later_patch
     try:
         loopshare_django.uninstall()
         assert WSGIHandler.__dict__["__call__"] is later_patch
@@ -193,7 +193,7 @@ def test_uninstall_leaves_a_wrapper_wrapped_since_but_passes_through() -> None:
         assert one_loop_per_request(handler)
     finally:
         loopshare_django.uninstall()
-        WSGIHandler.__call__ = stock  # type: ignore[method-assign]
+        WSGIHandler.__call__ = stock
 
 
 def test_install_wraps_again_when_its_wrapper_was_replaced() -> None:
@@ -201,7 +201,7 @@ def test_install_wraps_again_when_its_wrapper_was_replaced() -> None:
     loopshare_django.install()
     loopshare_django.uninstall()
     loopshare_django.install()
-    WSGIHandler.__call__ = stock  # type: ignore[method-assign]  # someone undid us
+    WSGIHandler.__call__ = stock  # someone undid us
     loopshare_django.uninstall()
     loopshare_django.install()
     assert WSGIHandler.__dict__["__call__"] is not stock

@@ -41,7 +41,8 @@ WRAPPERS = pytest.mark.parametrize(
 def response_of(result: Any) -> Any:
     """The HttpResponse behind what the application returned."""
     if isinstance(result, FileWrapper):
-        return result.filelike.close.__self__
+        close: Any = result.filelike.close  # Django's response.close, bound
+        return close.__self__
     return result
 
 

@@ -90,11 +90,11 @@ def test_a_request_that_awaits_nothing_starts_no_loop_and_no_thread(
 # -- edge cases ------------------------------------------------------------
 
 
-@override_settings(ROOT_URLCONF="urls_for_tests")
 def test_a_view_that_raises_gets_a_500_and_the_loop_still_ends_after_close(
     serve: Serve, loops_seen: list[asyncio.AbstractEventLoop]
 ) -> None:
-    served = serve("/raise/")
+    with override_settings(ROOT_URLCONF="urls_for_tests"):
+        served = serve("/raise/")
     assert served.status.startswith("500")
     served.close()
     assert loops_seen[0] is loops_seen[1]
@@ -309,7 +309,6 @@ def test_the_test_client_ends_a_streaming_request_after_the_body_is_read() -> No
     assert len(set(loops.values())) == 1
 
 
-@override_settings(ROOT_URLCONF="urls_for_tests")
 def test_a_request_made_inside_a_request_gives_the_outer_one_its_loop_back(
     serve: Serve,
 ) -> None:
@@ -325,7 +324,8 @@ def test_a_request_made_inside_a_request_gives_the_outer_one_its_loop_back(
         return HttpResponse(b"outer")
 
     urls_for_tests.swap_view(outer_view)
-    served = serve("/swap/")
+    with override_settings(ROOT_URLCONF="urls_for_tests"):
+        served = serve("/swap/")
     served.close()
     assert loops[0] is loops[1]
     assert loops[0].is_closed()

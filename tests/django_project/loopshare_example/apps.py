@@ -4,7 +4,7 @@ from django.apps import AppConfig
 from django.conf import settings
 
 
-class ExampleConfig(AppConfig):
+class ExampleConfig(AppConfig):  # type: ignore[misc]
     name = "loopshare_example"
     default_auto_field = "django.db.models.BigAutoField"
 

@@ -43,8 +43,8 @@ class RedisCountingMiddleware:
 
     async def __call__(self, request: Any) -> Any:
         if request.path.startswith("/redis/"):
-            from loopshare_example.redis_client import client
+            from loopshare_example import redis_client
 
-            await client.incr("loopshare:middleware")
+            await redis_client.for_path(request.path).incr("loopshare:middleware")
             probe.record("redis_middleware")
         return await self.get_response(request)

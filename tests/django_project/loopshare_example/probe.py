@@ -24,6 +24,11 @@ current_probe: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "loopshare_probe", default=None
 )
 
+#: The request's path, for code that has no request (request_finished).
+current_path: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "loopshare_path", default=None
+)
+
 _lock = threading.Lock()
 _serials = itertools.count(1)
 _loop_serials: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (

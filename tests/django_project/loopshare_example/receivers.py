@@ -19,20 +19,27 @@ from loopshare_example import probe
 
 def begin_probe(sender: Any, environ: Any = None, **kwargs: Any) -> None:
     """Sync: put the request's ``X-Probe`` id in the request thread's context."""
-    probe_id = (environ or {}).get("HTTP_X_PROBE")
-    probe.current_probe.set(probe_id)
+    environ = environ or {}
+    probe.current_probe.set(environ.get("HTTP_X_PROBE"))
+    probe.current_path.set(environ.get("PATH_INFO"))
 
 
-async def on_request_started(sender: Any, **kwargs: Any) -> None:
+async def on_request_started(sender: Any, environ: Any = None, **kwargs: Any) -> None:
     probe.record("request_started")
+    path = (environ or {}).get("PATH_INFO", "")
+    if path.startswith("/redis/"):
+        # A third piece of the request using Redis (middleware, view).
+        from loopshare_example import redis_client
+
+        await redis_client.for_path(path).incr("loopshare:request_started")
 
 
 async def on_request_finished(sender: Any, **kwargs: Any) -> None:
     probe.record("request_finished")
     # Where applications close loop-bound connections at the end of a request.
-    from loopshare_example.redis_client import close_connections
+    from loopshare_example import redis_client
 
-    await close_connections()
+    await redis_client.close_connections(probe.current_path.get() or "")
 
 
 def as_receiver(coroutine_function: Callable[..., Awaitable[None]]) -> Any:

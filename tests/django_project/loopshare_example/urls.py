@@ -10,5 +10,6 @@ urlpatterns = [
     path("stream/async/", views.async_stream),
     path("file/", views.file_view),
     path("redis/", views.redis_view),
+    path("redis/per-loop/", views.redis_view),
     path("probe/<str:probe_id>/", views.probe_view),
 ]

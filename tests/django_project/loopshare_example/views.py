@@ -91,9 +91,9 @@ def file_view(request: Any) -> FileResponse:
 
 
 async def redis_view(request: Any) -> JsonResponse:
-    from loopshare_example.redis_client import client
+    from loopshare_example import redis_client
 
-    count = await client.incr("loopshare:view")
+    count = await redis_client.for_path(request.path).incr("loopshare:view")
     probe.record("redis_view")
     return JsonResponse({"count": count, "events": probe.events(_probe_id(request))})
 

@@ -1,0 +1,310 @@
+"""Real servers for the integration tests: redis-server and the example project
+served by ``manage.py runserver``, gunicorn (gthread) or waitress.
+
+Everything binds 127.0.0.1 on a free port, every wait is bounded, and every
+process started here is stopped by whoever started it (see ``stop``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.metadata
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent / "django_project"
+KINDS = ("runserver", "gunicorn", "waitress")
+START_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 15.0
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"gave up after {timeout}s waiting for {what}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1 (no persistence)."""
+
+    def __init__(self) -> None:
+        binary = redis_server_binary() or "redis-server"
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--protected-mode", "yes"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        self.admin = redis.Redis(port=self.port, socket_timeout=REQUEST_TIMEOUT)
+        wait_until(self._pings, START_TIMEOUT, "redis-server")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _pings(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        try:
+            return bool(self.admin.ping())
+        except Exception:
+            return False
+
+    def connections_received(self) -> int:
+        return int(self.admin.info("stats")["total_connections_received"])
+
+    def connected_clients(self) -> int:
+        """Clients connected now, not counting the admin connection."""
+        return int(self.admin.info("clients")["connected_clients"]) - 1
+
+    def stop(self) -> None:
+        self.admin.close()
+        stop(self.process)
+
+
+def _server_command(kind: str, port: int) -> list[str]:
+    python = sys.executable
+    app = "loopshare_example.wsgi:application"
+    address = f"127.0.0.1:{port}"
+    if kind == "runserver":
+        return [python, "manage.py", "runserver", "--noreload", address]
+    if kind == "gunicorn":
+        command = [python, "-m", "gunicorn", "--worker-class", "gthread"]
+        command += ["--workers", "1", "--threads", "4", "--bind", address]
+        version = importlib.metadata.version("gunicorn")
+        if tuple(int(p) for p in version.split(".")[:2]) >= (25, 1):
+            # Else every server opens $HOME/.gunicorn/gunicorn.ctl.
+            command.append("--no-control-socket")
+        return [*command, app]
+    if kind == "waitress":
+        return [python, "-m", "waitress", f"--listen={address}", "--threads=4", app]
+    raise ValueError(kind)
+
+
+@dataclass
+class DjangoServer:
+    """The example project behind a real server, with its own redis-server."""
+
+    kind: str
+    adapter: bool
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp()))
+
+    def __post_init__(self) -> None:
+        self.redis = RedisServer()
+        self.port = free_port()
+        self.env = dict(
+            os.environ,
+            LOOPSHARE_ADAPTER="1" if self.adapter else "0",
+            LOOPSHARE_PROBES="1",
+            LOOPSHARE_DB=str(self.workdir / "db.sqlite3"),
+            LOOPSHARE_FILES=str(self.workdir),
+            REDIS_URL=self.redis.url,
+            DJANGO_SETTINGS_MODULE="loopshare_example.settings",
+            PYTHONPATH=os.pathsep.join(
+                [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            PYTHONUNBUFFERED="1",
+        )
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--verbosity", "0"],
+            cwd=PROJECT_DIR,
+            env=self.env,
+            check=True,
+            timeout=START_TIMEOUT,
+        )
+        self.log_path = self.workdir / f"{self.kind}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            _server_command(self.kind, self.port),
+            cwd=PROJECT_DIR,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(self._answers, START_TIMEOUT, f"{self.kind} to answer")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}/{'adapter' if self.adapter else 'stock'}"
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.label} exited:\n{self.log()[-3000:]}")
+        try:
+            return self.get("/sync/")[0] == 200
+        except OSError:
+            return False
+
+    def get(
+        self, path: str, probe_id: str | None = None, method: str = "GET"
+    ) -> tuple[int, bytes]:
+        """One request on a fresh connection; (status, body)."""
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=REQUEST_TIMEOUT
+        )
+        headers = {"Connection": "close"}
+        if probe_id is not None:
+            headers["X-Probe"] = probe_id
+        try:
+            connection.request(method, path, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def events(self, probe_id: str, until: str = "request_finished") -> list[Any]:
+        """The probe's events, once *until* is among them (bounded wait)."""
+        found: list[Any] = []
+
+        def arrived() -> bool:
+            found[:] = json.loads(self.get(f"/probe/{probe_id}/")[1])["events"]
+            return any(event["where"] == until for event in found)
+
+        wait_until(arrived, REQUEST_TIMEOUT, f"{until} of probe {probe_id}")
+        return found
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def tracebacks(self) -> int:
+        return self.log().count("Traceback (most recent call last)")
+
+    def stop(self) -> None:
+        stop(self.process)
+        self._log.close()
+        self.redis.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class RedisFigures:
+    """What requests to a Redis view did to Redis and to the server."""
+
+    label: str
+    requests: int
+    ok: int
+    failed: int
+    connections_opened: int
+    connections_left_open: int
+    server_tracebacks: int
+
+    @property
+    def per_request(self) -> float:
+        return self.connections_opened / max(self.requests, 1)
+
+    def line(self) -> str:
+        return (
+            f"{self.label:<44} ok={self.ok:>2}/{self.requests:<2} "
+            f"redis connections opened={self.connections_opened:>3} "
+            f"({self.per_request:.2f}/request) "
+            f"left open={self.connections_left_open:>2} "
+            f"server tracebacks={self.server_tracebacks}"
+        )
+
+
+_probes = itertools.count()
+
+
+def measure_redis(
+    server: DjangoServer,
+    path: str = "/redis/",
+    requests: int = 20,
+    clients: int = 1,
+) -> RedisFigures:
+    """*requests* GETs of *path* and Redis's counters around them.
+
+    With one client, each request is sent once the previous one has finished,
+    ``request_finished`` included (which runs after the body was sent). With
+    several, *clients* threads send requests at once, overlapping.
+    """
+    opened_before = server.redis.connections_received()
+    open_before = server.redis.connected_clients()
+    tracebacks_before = server.tracebacks()
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(count: int) -> None:
+        for _ in range(count):
+            probe_id = f"redis{next(_probes)}"
+            try:
+                status = server.get(path, probe_id)[0]
+                if clients == 1:
+                    server.events(probe_id)  # wait for request_finished
+            except (OSError, TimeoutError):
+                status = 0
+            with lock:
+                statuses.append(status)
+
+    threads = [
+        threading.Thread(target=client, args=(requests // clients,))
+        for _ in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=REQUEST_TIMEOUT * requests)
+
+    # Let the last requests' request_finished run (bounded).
+    def left_open() -> int:
+        return max(server.redis.connected_clients() - open_before, 0)
+
+    deadline = time.monotonic() + 5
+    while left_open() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ok = statuses.count(200)
+    mode = "one at a time" if clients == 1 else f"{clients} clients at once"
+    return RedisFigures(
+        label=f"{server.label} {path} {mode}",
+        requests=len(statuses),
+        ok=ok,
+        failed=len(statuses) - ok,
+        connections_opened=server.redis.connections_received() - opened_before,
+        connections_left_open=left_open(),
+        server_tracebacks=server.tracebacks() - tracebacks_before,
+    )
