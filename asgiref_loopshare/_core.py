@@ -220,7 +220,7 @@ def _call_on_shared_loop(
         call = executor.start_call(_loop_wrap(awaitable, current_executor))
         guard = _SigintGuard.for_call(executor)
         if guard is not None:
-            outer_wait, guard.waiting = guard.waiting, call
+            outer_wait, guard.waiting = guard.waiting, (call, executor)
         try:
             current_executor.run_until_future(call.done)
         except BaseException:
@@ -276,11 +276,12 @@ class _SigintGuard:
     costs microseconds) and removed when the context ends, if still in place.
     """
 
-    __slots__ = ("__weakref__", "executor", "interrupted", "waiting")
+    __slots__ = ("__weakref__", "interrupted", "waiting")
 
-    def __init__(self, executor: ContextExecutor) -> None:
-        self.executor = executor
-        self.waiting: Call | None = None
+    def __init__(self) -> None:
+        # The call waiting and its executor, only while it waits: a lasting
+        # reference to the executor would make a cycle with its sigint_guard.
+        self.waiting: tuple[Call, ContextExecutor] | None = None
         self.interrupted = False
 
     @classmethod
@@ -295,16 +296,17 @@ class _SigintGuard:
                 isinstance(getattr(current, "__self__", None), _SigintGuard)
             ):
                 return None  # the application has its own handler
-            guard = executor.sigint_guard = cls(executor)
+            guard = executor.sigint_guard = cls()
             signal.signal(signal.SIGINT, guard.on_sigint)
         return guard
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        call = self.waiting
-        if call is None or self.interrupted or call.done.done():
+        waiting = self.waiting
+        if waiting is None or self.interrupted or waiting[0].done.done():
             raise KeyboardInterrupt
         self.interrupted = True
-        self.executor.cancel_call(call)
+        call, executor = waiting
+        executor.cancel_call(call)
 
     def uninstall(self) -> None:
         """Give SIGINT back to the default handler (main thread only)."""

@@ -370,3 +370,27 @@ def test_forked_child_starts_with_an_empty_pool(
         idle_in_child = int(pipe.read())
     os.waitpid(pid, 0)
     assert idle_in_child == 0
+
+
+def test_contexts_with_calls_leave_nothing_for_the_cyclic_gc(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    def contexts() -> None:
+        for _ in range(3):
+            with AsyncSingleThreadContext():
+                async_to_sync(loop_and_thread)()
+                async_to_sync(loop_and_thread)()
+
+    contexts()  # warm up: first-use caches are not per-context garbage
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        contexts()
+        gc.collect()
+        garbage = sorted({type(obj).__name__ for obj in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert garbage == []
