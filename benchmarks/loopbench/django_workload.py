@@ -2,6 +2,7 @@
 
 Shared by scenarios 3, 4 and 5. ``params``: ``handler`` (``stock`` = Django's
 ``get_wsgi_application()``, ``loopshare`` = ``asgiref_loopshare.django``'s),
+``toggle`` = Django's handler with the adapter switched on and off per batch),
 ``path`` (default path, ``?query`` allowed) and ``latencies`` (record each
 request's wall time). The profile comes from ``BENCH_PROFILE`` in the worker's
 environment (see `benchapp`).
@@ -52,7 +53,10 @@ def load_handler(kind: str) -> Any:
 
 class DjangoWorkload(BaseWorkload):
     def __init__(self, params: dict[str, Any]) -> None:
-        self.handler = load_handler(params["handler"])
+        #: ``handler="toggle"``: Django's handler, the adapter switched on and
+        #: off per batch (``run``'s arg names the side) - an A/B in one process.
+        self.toggle = params["handler"] == "toggle"
+        self.handler = load_handler("stock" if self.toggle else params["handler"])
         self.default_path = params.get("path", "/sync/")
         self.keep_latencies = bool(params.get("latencies"))
         self.requests = 0
@@ -92,6 +96,15 @@ class DjangoWorkload(BaseWorkload):
         return result
 
     def run(self, n: int, arg: Any) -> list[float] | None:
+        if self.toggle:
+            # Same process, same handler object: switch the adapter on or off.
+            import asgiref_loopshare.django
+
+            if arg == "loopshare":
+                asgiref_loopshare.django.install()
+            else:
+                asgiref_loopshare.django.uninstall()
+            arg = None
         path = arg or self.default_path
         request = self.request
         if not self.keep_latencies:

@@ -13,8 +13,11 @@ a few %):
   worker threads' CPU), with wall time beside it; the value per mode is the
   median of its batches, and ratios are ratios of medians.
 
-Results are also kept as pyperf benchmarks (one pyperf run per worker process)
-and dumped as a pyperf JSON suite, for ``python -m pyperf stats/compare_to``.
+Ratios between modes are medians of per-round ratios (paired batches), which
+cancel slow spells that hit both sides of a pair; the µs shown are medians of
+the batches. Results are also kept as pyperf benchmarks (one pyperf run per
+worker process) and dumped as a pyperf JSON suite, for ``python -m pyperf
+stats/compare_to``.
 """
 
 from __future__ import annotations
@@ -168,6 +171,31 @@ class Measured:
     latencies: list[float] = field(default_factory=list)
     #: Per unit, per batch: the change of an outside counter (see `interleave`).
     deltas: list[float] = field(default_factory=list)
+    #: (cpu, wall) per unit of each round's batch, in round order.
+    rounds: list[tuple[float, float]] = field(default_factory=list)
+
+    def ratios(self, base: Measured, kind: str = "cpu") -> list[float]:
+        """Per-round ratios to *base*: each round's batches ran back to back,
+        so a slow spell of the machine cancels out of the pair."""
+        index = 0 if kind == "cpu" else 1
+        return [
+            mine[index] / theirs[index]
+            for mine, theirs in zip(self.rounds, base.rounds)
+            if theirs[index] > 0
+        ]
+
+    def ratio(self, base: Measured, kind: str = "cpu") -> float:
+        """Median of the per-round ratios to *base* (1.0 for itself)."""
+        values = self.ratios(base, kind)
+        return statistics.median(values) if values else float("nan")
+
+    def ratio_spread(self, base: Measured) -> float:
+        """Half the interquartile range of the per-round CPU ratios."""
+        values = sorted(self.ratios(base))
+        if len(values) < 4:
+            return float("nan")
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        return (q3 - q1) / 2
 
     def _all(self, values: list[list[float]]) -> list[float]:
         return [v for run in values for v in run]
@@ -310,6 +338,7 @@ class Pool:
                 reply = worker.ask("time", n=per_mode[name], arg=arg, gc=gc_enabled)
                 if counter:
                     results[name].deltas.append((counter() - before) / per_mode[name])
+                results[name].rounds.append((reply["cpu"], reply["wall"]))
                 results[name].cpu[index].append(reply["cpu"])
                 results[name].wall[index].append(reply["wall"])
                 results[name].latencies.extend(reply["latencies"])
@@ -347,6 +376,34 @@ class Pool:
                             counts[kind] = counts.get(kind, 0) + count
             merged[name] = out
         return merged
+
+
+def same_process_ab(
+    config: Config, mode: Mode, sides: Sequence[str], units: int, rounds: int
+) -> dict[str, Measured]:
+    """Alternate *sides* (the batch argument) in each of the mode's processes.
+
+    For changes that can be switched on and off at run time: no difference of
+    process, memory layout or hash seed between the sides, only the change.
+    """
+    results = {side: Measured(side) for side in sides}
+    with Pool(config, [mode]) as pool:
+        workers = pool.workers[mode.name]
+        for result in results.values():
+            result.cpu = [[] for _ in workers]
+            result.wall = [[] for _ in workers]
+        for side in sides:  # warm both sides up
+            for worker in workers:
+                worker.ask("time", n=units, arg=side)
+        for round_no in range(rounds):
+            index = round_no % len(workers)
+            order = list(sides) if round_no % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                reply = workers[index].ask("time", n=units, arg=side)
+                results[side].rounds.append((reply["cpu"], reply["wall"]))
+                results[side].cpu[index].append(reply["cpu"])
+                results[side].wall[index].append(reply["wall"])
+    return results
 
 
 def record(config: Config, prefix: str, measured: dict[str, Measured]) -> None:

@@ -87,6 +87,11 @@ def times(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}x"
 
 
+def spread(value: float) -> str:
+    """`` ±0.03`` (a ratio's half IQR), or nothing when there are too few rounds."""
+    return "" if value != value else f" ±{value:.2f}"
+
+
 def pct(value: float) -> str:
     return "n/a" if value != value else f"{value * 100:+.1f} %"
 
