@@ -28,7 +28,6 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -222,14 +221,15 @@ def _call_on_shared_loop(
         if guard is not None:
             outer_wait, guard.waiting = guard.waiting, (call, executor)
         try:
-            current_executor.run_until_future(call.done)
+            # run_until_future only needs add_done_callback (asgiref 3.10-3.13).
+            current_executor.run_until_future(call.done)  # type: ignore[arg-type]
         except BaseException:
             # An exception raised in this thread by a signal handler (SystemExit,
             # or KeyboardInterrupt off the main thread's guard). It may have
             # landed inside the CurrentThreadExecutor's lock handling, so do
             # not wait on it again: cancel and wait, bounded, on the call.
             executor.cancel_call(call)
-            futures_wait([call.done], timeout=get_settings().cancel_timeout)
+            call.done.wait(get_settings().cancel_timeout)
             raise
         finally:
             if guard is not None:

@@ -195,6 +195,66 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+class CallDone:
+    """Completion of a `Call`: the part of a Future that waiting on it needs.
+
+    asgiref's ``CurrentThreadExecutor.run_until_future`` only calls
+    ``add_done_callback``. A ``concurrent.futures.Future`` builds a Condition
+    and notifies it, ~6 us per call here; this costs a lock, and an Event
+    only for a caller that blocks in `wait` / `result`.
+    """
+
+    __slots__ = ("_callbacks", "_event", "_exception", "_finished", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[CallDone], object]] = []
+        self._event: threading.Event | None = None
+        self._exception: BaseException | None = None
+        self._finished = False
+
+    def add_done_callback(self, fn: Callable[[CallDone], object]) -> None:
+        with self._lock:
+            if not self._finished:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def done(self) -> bool:
+        return self._finished
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until resolved or *timeout*; return whether it is resolved."""
+        with self._lock:
+            if self._finished:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> None:
+        """Return once resolved; raise the call's exception, if any."""
+        if not self.wait(timeout):
+            raise TimeoutError
+        if self._exception is not None:
+            raise self._exception
+
+    def resolve(self, exc: BaseException | None) -> None:
+        """Resolve once (later calls do nothing) and run the callbacks."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            self._exception = exc
+            callbacks, self._callbacks = self._callbacks, []
+            event = self._event
+        if event is not None:
+            event.set()
+        for fn in callbacks:
+            fn(self)
+
+
 class Call:
     """One coroutine started on a `LoopExecutor`; ``done`` resolves when it ends."""
 
@@ -202,7 +262,7 @@ class Call:
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
-        self.done: Future[None] = Future()
+        self.done = CallDone()
         self.task: asyncio.Task[Any] | None = None
         self.drive: _Drive | None = None
         self.cancel_requested = False
@@ -395,7 +455,7 @@ class _Runner:
             # Possibly never started: close it so it is not reported as
             # "never awaited" (closing a finished coroutine does nothing).
             call.coro.close()
-        _resolve(call.done, exc)
+        call.done.resolve(exc)
 
     def cancel_call(self, call: Call) -> None:
         call.cancel_requested = True
@@ -414,7 +474,7 @@ class _Runner:
         error.__cause__ = exc
         for call in calls:
             call.coro.close()
-            _resolve(call.done, error)
+            call.done.resolve(error)
 
     def run_job(
         self, future: Future[_T], fn: Callable[..., _T], args: Any, kwargs: Any
