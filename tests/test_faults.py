@@ -16,11 +16,13 @@ from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
 from asgiref_loopshare import LoopScope
 from tests.conftest import AsyncToSyncFactory, loop_and_thread
 
-
-@pytest.mark.skipif(
+main_thread_only = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
     reason="signals are delivered to the main thread",
 )
+
+
+@main_thread_only
 def test_ctrl_c_cancels_the_coroutine_before_propagating(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
@@ -55,10 +57,7 @@ def interrupt_self() -> None:
     time.sleep(5)  # interrupted long before
 
 
-@pytest.mark.skipif(
-    threading.current_thread() is not threading.main_thread(),
-    reason="signals are delivered to the main thread",
-)
+@main_thread_only
 def test_ctrl_c_between_calls_raises_at_once_and_the_handler_is_restored(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
