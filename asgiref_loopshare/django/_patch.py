@@ -36,6 +36,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from asgiref.sync import AsyncToSync
+
 import asgiref_loopshare
 from asgiref_loopshare import LoopScope
 
@@ -86,7 +88,7 @@ def _handle(
         # No patched get_response saw the response (a handler subclass of
         # unknown shape): attach to the response if we have it, else end now.
         state.pending = outer_pending
-        if _is_response(result) and SCOPE_ATTR not in vars(result):
+        if isinstance(result, _response_class[0]) and SCOPE_ATTR not in vars(result):
             setattr(result, SCOPE_ATTR, scope)
         else:
             scope.close()
@@ -98,10 +100,8 @@ def _handle(
     return result
 
 
-def _is_response(obj: Any) -> bool:
-    from django.http.response import HttpResponseBase
-
-    return isinstance(obj, HttpResponseBase)
+#: ``django.http.response.HttpResponseBase``, once `enable` imported it.
+_response_class: list[type] = [type(None)]
 
 
 def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -132,11 +132,21 @@ def _wrap_get_response(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    current_context = AsyncToSync.async_single_thread_context
+
     @functools.wraps(original)
     def close(self: Any) -> None:
         scope: LoopScope | None = vars(self).pop(SCOPE_ATTR, None)
         if scope is None:
             original(self)
+            return
+        if current_context.get(None) is scope.context:
+            # The usual case: closed where __call__ left the scope set.
+            try:
+                original(self)
+            finally:
+                scope.close()
+                _unhook_file_to_stream(self)
             return
         token = scope.activate()
         try:
@@ -200,6 +210,7 @@ def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
     from django.test.client import ClientHandler
     from django.test.testcases import FSFilesHandler
 
+    _response_class[0] = HttpResponseBase
     return [
         (HttpResponseBase, "close", _wrap_close),
         (WSGIHandler, "__call__", _wrap_call),
