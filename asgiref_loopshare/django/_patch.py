@@ -88,7 +88,7 @@ def _handle(
         # No patched get_response saw the response (a handler subclass of
         # unknown shape): attach to the response if we have it, else end now.
         state.pending = outer_pending
-        if isinstance(result, _response_class[0]) and SCOPE_ATTR not in vars(result):
+        if isinstance(result, _HttpResponseBase) and SCOPE_ATTR not in vars(result):
             setattr(result, SCOPE_ATTR, scope)
         else:
             scope.close()
@@ -100,8 +100,8 @@ def _handle(
     return result
 
 
-#: ``django.http.response.HttpResponseBase``, once `enable` imported it.
-_response_class: list[type] = [type(None)]
+#: ``django.http.response.HttpResponseBase`` once `enable` has imported it.
+_HttpResponseBase: type = type(None)
 
 
 def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,7 +124,11 @@ def _wrap_get_response(original: Callable[..., Any]) -> Callable[..., Any]:
         # Hidden from inner get_response wrappers and nested requests: only
         # the response the handler gets back carries the scope.
         state.pending = None
-        response = original(self, request)
+        try:
+            response = original(self, request)
+        except BaseException:
+            state.pending = scope  # a handler may still answer with a response
+            raise
         setattr(response, SCOPE_ATTR, scope)
         return response
 
@@ -210,7 +214,8 @@ def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
     from django.test.client import ClientHandler
     from django.test.testcases import FSFilesHandler
 
-    _response_class[0] = HttpResponseBase
+    global _HttpResponseBase
+    _HttpResponseBase = HttpResponseBase
     return [
         (HttpResponseBase, "close", _wrap_close),
         (WSGIHandler, "__call__", _wrap_call),

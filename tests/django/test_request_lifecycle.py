@@ -342,3 +342,27 @@ def test_uninstall_during_a_request_still_closes_its_loop(
     # request's own loop was closed all the same.
     assert len(loops_seen) == 2
     assert loops_seen[0].is_closed()
+
+
+class _ForgivingHandler(WSGIHandler):  # type: ignore[misc]
+    """A handler subclass that answers when Django's get_response raises."""
+
+    def get_response(self, request: Any) -> HttpResponse:
+        try:
+            return super().get_response(request)  # type: ignore[no-any-return]
+        except ValueError:
+            return HttpResponse(b"fallback")
+
+
+def test_a_handler_that_answers_after_get_response_raised_still_ends_the_loop(
+    loops_seen: list[asyncio.AbstractEventLoop],
+) -> None:
+    with override_settings(
+        ROOT_URLCONF="urls_for_tests", DEBUG_PROPAGATE_EXCEPTIONS=True
+    ):
+        response = _ForgivingHandler()(make_environ("/raise/"), lambda s, h: None)
+    assert response.content == b"fallback"
+    assert scope_of(response) is not None
+    response.close()
+    assert loops_seen[0] is loops_seen[1]
+    assert loops_seen[0].is_closed()
