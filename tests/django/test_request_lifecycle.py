@@ -349,7 +349,7 @@ class _ForgivingHandler(WSGIHandler):  # type: ignore[misc]
 
     def get_response(self, request: Any) -> HttpResponse:
         try:
-            return super().get_response(request)  # type: ignore[no-any-return]
+            return super().get_response(request)
         except ValueError:
             return HttpResponse(b"fallback")
 
