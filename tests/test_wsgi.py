@@ -11,8 +11,7 @@ import threading
 import weakref
 import wsgiref.simple_server
 import wsgiref.util
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,9 +19,14 @@ from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, async_to_sync
 
 import asgiref_loopshare
 from asgiref_loopshare.wsgi import LoopShareMiddleware
-
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+from tests.wsgi_helpers import (
+    ServerThread,
+    StartResponse,
+    WSGIApp,
+    on_another_thread,
+    serve,
+    serve_fully,
+)
 
 
 async def running_loop() -> asyncio.AbstractEventLoop:
@@ -49,67 +53,6 @@ class Probe:
 
     def loops(self) -> set[asyncio.AbstractEventLoop]:
         return {loop for _, loop in self.seen}
-
-
-@dataclass
-class Served:
-    """What a WSGI server got back for one request (not iterated, not closed)."""
-
-    result: Any
-    status: str = ""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-    def body(self) -> bytes:
-        return b"".join(self.result)
-
-    def close(self) -> None:
-        self.result.close()
-
-
-def make_environ(file_wrapper: Any = None) -> dict[str, Any]:
-    environ: dict[str, Any] = {}
-    wsgiref.util.setup_testing_defaults(environ)
-    environ.pop("wsgi.file_wrapper", None)
-    if file_wrapper is not None:
-        environ["wsgi.file_wrapper"] = file_wrapper
-    return environ
-
-
-def serve(app: WSGIApp, file_wrapper: Any = None) -> Served:
-    """Call *app* as a WSGI server does, without iterating or closing."""
-    served = Served(result=None)
-
-    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
-        served.status, served.headers = status, headers
-
-    served.result = app(make_environ(file_wrapper), start_response)
-    return served
-
-
-def serve_fully(app: WSGIApp, file_wrapper: Any = None) -> bytes:
-    """One whole request: call, iterate, close."""
-    served = serve(app, file_wrapper)
-    try:
-        return served.body()
-    finally:
-        served.close()
-
-
-def on_another_thread(function: Callable[[], Any]) -> None:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            function()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=60)  # a hang guard, not a measurement
-    assert not thread.is_alive()
-    if errors:
-        raise errors[0]
 
 
 Wrap = Callable[..., LoopShareMiddleware]
@@ -423,7 +366,7 @@ def test_iterable_without_close_still_ends_the_loop(wrap: Wrap, probe: Probe) ->
         ok(start_response)
         return [b"list"]
 
-    assert serve_fully(wrap(app)) == b"list"
+    assert serve_fully(wrap(app)).content == b"list"
     assert probe.loop("app").is_closed()
 
 
@@ -568,7 +511,7 @@ def file_app(probe: Probe, files: list[AsyncClosingFile]) -> WSGIApp:
 def test_file_wrapper_is_returned_as_it_is(
     wrap: Wrap, file_app: WSGIApp, file_wrapper: type
 ) -> None:
-    served = serve(wrap(file_app), file_wrapper)
+    served = serve(wrap(file_app), file_wrapper=file_wrapper)
     assert type(served.result) is file_wrapper  # servers check it for sendfile
     served.close()
 
@@ -577,7 +520,9 @@ def test_file_wrapper_is_returned_as_it_is(
 def test_file_wrapper_close_runs_on_the_request_loop(
     wrap: Wrap, file_app: WSGIApp, file_wrapper: type, probe: Probe
 ) -> None:
-    assert serve_fully(wrap(file_app), file_wrapper) == b"file body"
+    assert (
+        serve_fully(wrap(file_app), file_wrapper=file_wrapper).content == b"file body"
+    )
     assert probe.loop("close") is probe.loop("app")
 
 
@@ -585,7 +530,7 @@ def test_file_wrapper_close_runs_on_the_request_loop(
 def test_file_wrapper_close_ends_the_request_loop(
     wrap: Wrap, file_app: WSGIApp, file_wrapper: type, probe: Probe
 ) -> None:
-    serve_fully(wrap(file_app), file_wrapper)
+    serve_fully(wrap(file_app), file_wrapper=file_wrapper)
     assert probe.loop("app").is_closed()
 
 
@@ -594,7 +539,7 @@ def test_file_wrapper_closed_on_another_thread_ends_the_request_loop(
     wrap: Wrap, file_app: WSGIApp, file_wrapper: type, probe: Probe
 ) -> None:
     # waitress closes file responses from its main thread.
-    served = serve(wrap(file_app), file_wrapper)
+    served = serve(wrap(file_app), file_wrapper=file_wrapper)
     served.body()
     on_another_thread(served.close)
     assert probe.loop("close") is probe.loop("app")
@@ -605,7 +550,7 @@ def test_file_wrapper_closed_on_another_thread_ends_the_request_loop(
 def test_file_wrapper_gets_its_own_close_back_after_close(
     wrap: Wrap, file_app: WSGIApp, file_wrapper: type, files: list[AsyncClosingFile]
 ) -> None:
-    served = serve(wrap(file_app), file_wrapper)
+    served = serve(wrap(file_app), file_wrapper=file_wrapper)
     own_close = "close" in vars(file_wrapper(io.BytesIO()))
     served.close()
     if own_close:
@@ -618,7 +563,7 @@ def test_file_wrapper_gets_its_own_close_back_after_close(
 def test_file_wrapper_closed_twice_closes_the_file_once(
     wrap: Wrap, file_app: WSGIApp, file_wrapper: type, files: list[AsyncClosingFile]
 ) -> None:
-    served = serve(wrap(file_app), file_wrapper)
+    served = serve(wrap(file_app), file_wrapper=file_wrapper)
     served.close()
     served.close()
     assert files[0].close_calls == 1
@@ -639,7 +584,7 @@ def test_file_wrapper_of_a_file_without_close_still_ends_the_loop(
         ok(start_response)
         return environ["wsgi.file_wrapper"](NoClose())
 
-    served = serve(wrap(app), wsgiref.util.FileWrapper)
+    served = serve(wrap(app), file_wrapper=wsgiref.util.FileWrapper)
     assert hasattr(served.result, "close")  # servers call it when present
     assert served.body() == b"raw"
     served.close()
@@ -649,7 +594,7 @@ def test_file_wrapper_of_a_file_without_close_still_ends_the_loop(
 def test_file_wrapper_that_cannot_be_hooked_is_wrapped(
     wrap: Wrap, file_app: WSGIApp, probe: Probe
 ) -> None:
-    served = serve(wrap(file_app), SlottedFileWrapper)
+    served = serve(wrap(file_app), file_wrapper=SlottedFileWrapper)
     assert not isinstance(served.result, SlottedFileWrapper)
     assert served.body() == b"file body"
     served.close()
@@ -721,7 +666,7 @@ def test_returned_iterable_is_freed_by_refcount_after_close(
     gc_disabled: None,
 ) -> None:
     app, file_wrapper, refs = weak_result_app
-    served = serve(wrap(app), file_wrapper)
+    served = serve(wrap(app), file_wrapper=file_wrapper)
     served.body()
     served.close()
     del served
@@ -735,7 +680,7 @@ def test_request_scope_is_freed_by_refcount_after_close(
     gc_disabled: None,
 ) -> None:
     app, file_wrapper, _ = weak_result_app
-    served = serve(wrap(app), file_wrapper)
+    served = serve(wrap(app), file_wrapper=file_wrapper)
     context = weakref.ref(probe.contexts.pop())
     served.body()
     served.close()
@@ -747,51 +692,18 @@ def test_request_scope_is_freed_by_refcount_after_close(
 
 
 @pytest.fixture
-def threaded_server() -> Iterator[Callable[[Callable[[], Any]], Any]]:
-    """Run functions, one after another, on one long-lived thread."""
-    import queue
-
-    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def work() -> None:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            job()
-
-    thread = threading.Thread(target=work, name="wsgi-test-server-thread")
-    thread.start()
-
-    def run(function: Callable[[], Any]) -> Any:
-        outcome: list[Any] = []
-        done = threading.Event()
-
-        def job() -> None:
-            try:
-                outcome.append((True, function()))
-            except BaseException as exc:
-                outcome.append((False, exc))
-            finally:
-                done.set()
-
-        jobs.put(job)
-        assert done.wait(60)  # a hang guard, not a measurement
-        succeeded, value = outcome[0]
-        if not succeeded:
-            raise value
-        return value
-
-    yield run
-    jobs.put(None)
-    thread.join(timeout=60)
+def threaded_server() -> Iterator[ServerThread]:
+    """One long-lived server thread."""
+    server = ServerThread()
+    yield server
+    server.stop()
 
 
 def test_thread_scope_requests_on_one_thread_share_a_loop(
     wrap: Wrap,
     calling_app: WSGIApp,
     probe: Probe,
-    threaded_server: Callable[[Callable[[], Any]], Any],
+    threaded_server: ServerThread,
 ) -> None:
     app = wrap(calling_app, scope="thread")
     threaded_server(lambda: serve_fully(app))
@@ -803,7 +715,7 @@ def test_thread_scope_loop_stays_open_after_the_response_is_closed(
     wrap: Wrap,
     calling_app: WSGIApp,
     probe: Probe,
-    threaded_server: Callable[[Callable[[], Any]], Any],
+    threaded_server: ServerThread,
 ) -> None:
     app = wrap(calling_app, scope="thread")
     threaded_server(lambda: serve_fully(app))
@@ -830,7 +742,7 @@ def test_thread_scope_loop_is_closed_when_the_server_thread_exits(
 def test_thread_scope_is_not_left_active_after_the_request(
     wrap: Wrap,
     calling_app: WSGIApp,
-    threaded_server: Callable[[Callable[[], Any]], Any],
+    threaded_server: ServerThread,
 ) -> None:
     app = wrap(calling_app, scope="thread")
 
@@ -845,7 +757,7 @@ def test_thread_scope_exception_from_the_app_keeps_the_loop(
     wrap: Wrap,
     raising_app: WSGIApp,
     probe: Probe,
-    threaded_server: Callable[[Callable[[], Any]], Any],
+    threaded_server: ServerThread,
 ) -> None:
     app = wrap(raising_app, scope="thread")
     with pytest.raises(AppError):
