@@ -11,6 +11,10 @@ Public surface:
 - `configure`: tunables (how long spawned tasks may finish, teardown bounds,
   idle worker threads kept, the loop factory).
 - `LoopScope`: a context for lifetimes that end on another thread (adapters).
+- `thread_scope` / `close_thread_scope`: the calling thread's long-lived
+  `LoopScope` (opt-in: one loop per thread, shared by the requests it serves).
+- `asgiref_loopshare.wsgi`: `LoopShareMiddleware`, one loop per request for any
+  WSGI application; `asgiref_loopshare.flask`: the Flask extension.
 - `asgiref_loopshare.django`: one shared loop per Django WSGI request.
 """
 
@@ -21,6 +25,10 @@ check_versions()
 from asgiref_loopshare._core import LoopScope  # noqa: E402
 from asgiref_loopshare._loop import Settings, configure, get_settings  # noqa: E402
 from asgiref_loopshare._patch import install, is_installed, uninstall  # noqa: E402
+from asgiref_loopshare._thread_scope import (  # noqa: E402
+    close_thread_scope,
+    thread_scope,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -29,9 +37,11 @@ __all__ = [
     "Settings",
     "UnsupportedVersionError",
     "__version__",
+    "close_thread_scope",
     "configure",
     "get_settings",
     "install",
     "is_installed",
+    "thread_scope",
     "uninstall",
 ]
