@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -40,6 +41,8 @@ from asgiref_loopshare._loop import Call, LoopExecutor, get_settings, is_shared_
 __all__ = ["ContextExecutor", "LoopScope", "loopshare_call", "stock_call"]
 
 _R = TypeVar("_R")
+
+logger = logging.getLogger("asgiref_loopshare")
 
 #: asgiref's own ``AsyncToSync.__call__``, captured before any patching.
 stock_call: Callable[..., Any] = AsyncToSync.__call__
@@ -123,10 +126,12 @@ def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None
     if loop is not None and is_shared_loop(loop):
         loop = None
     if loop is None:
-        threadlocal = SyncToAsync.threadlocal
-        pid = getattr(threadlocal, "main_event_loop_pid", None)
+        # The thread's own dict of the threading.local: a missing name costs
+        # no AttributeError (getattr with a default still builds one).
+        threadlocal = SyncToAsync.threadlocal.__dict__
+        pid = threadlocal.get("main_event_loop_pid")
         if pid and pid == os.getpid():
-            loop = getattr(threadlocal, "main_event_loop", None)
+            loop = threadlocal.get("main_event_loop")
     if loop is None or loop.is_closed():
         return None
     return loop
@@ -170,10 +175,9 @@ def loopshare_call(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    # asyncio's own None-returning lookup: get_running_loop() would raise and
+    # catch a RuntimeError on every call made from sync code.
+    return asyncio._get_running_loop()
 
 
 def _call_without_context(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
@@ -205,14 +209,16 @@ def _call_on_shared_loop(
     current_executor = CurrentThreadExecutor(old_executor)
     AsyncToSync.executors.current = current_executor
     context = [contextvars.copy_context()]
-    threadlocal = SyncToAsync.threadlocal
-    saved = {name: getattr(threadlocal, name, _MISSING) for name in _THREADLOCAL_NAMES}
+    # This thread's dict of SyncToAsync.threadlocal: no AttributeError raised
+    # and caught per missing name, as getattr/hasattr on a threading.local do.
+    threadlocal = SyncToAsync.threadlocal.__dict__
+    saved = {name: threadlocal.get(name, _MISSING) for name in _THREADLOCAL_NAMES}
     try:
         coroutine = self.awaitable(*args, **kwargs)
         awaitable = self.main_wrap(
             call_result,
             sys.exc_info(),
-            saved["task_context"] if saved["task_context"] is not _MISSING else None,  # type: ignore[arg-type]
+            saved["task_context"] if saved["task_context"] is not _MISSING else None,
             context,
             coroutine,
         )
@@ -256,10 +262,9 @@ def _call_on_shared_loop(
         # this call returns, so a later call scheduled there would wait forever.
         for name, value in saved.items():
             if value is _MISSING:
-                if hasattr(threadlocal, name):
-                    delattr(threadlocal, name)
+                threadlocal.pop(name, None)
             else:
-                setattr(threadlocal, name, value)
+                threadlocal[name] = value
     return call_result.result()
 
 
@@ -351,10 +356,23 @@ class LoopScope:
     thread and no loop.
     """
 
-    __slots__ = ("__weakref__", "context")
+    __slots__ = ("__weakref__", "_on_close", "context")
 
     def __init__(self) -> None:
         self.context = _ScopeContext()  # type: ignore[no-untyped-call]
+        self._on_close: list[Callable[[], Awaitable[object]]] | None = None
+
+    def on_close(self, callback: Callable[[], Awaitable[object]]) -> None:
+        """Await ``callback()`` on this scope's loop when the scope closes.
+
+        The place to ``aclose()`` loop-bound clients of a scope with no
+        ``request_finished`` (a thread scope, a plain WSGI app). Callbacks run
+        last registered first, before the loop's teardown, and only if a call
+        started the loop. An exception is logged; the rest still run.
+        """
+        if self._on_close is None:
+            self._on_close = []
+        self._on_close.append(callback)
 
     def activate(self) -> contextvars.Token[AsyncSingleThreadContext]:
         """Make this scope current here, even inside another context."""
@@ -377,7 +395,30 @@ class LoopScope:
 
     def close(self) -> None:
         """Tear the loop down on its own thread and return; idempotent."""
+        callbacks, self._on_close = self._on_close, None
+        if callbacks and not self.context.closed:
+            executor = AsyncToSync.context_to_thread_executor.get(self.context)
+            if isinstance(executor, ContextExecutor) and executor.started:
+                _run_close_callbacks(executor, callbacks)
         self.context.closed = True
         executor = AsyncToSync.context_to_thread_executor.pop(self.context, None)
         if executor is not None:
             executor.shutdown()
+
+
+def _run_close_callbacks(
+    executor: ContextExecutor, callbacks: list[Callable[[], Awaitable[object]]]
+) -> None:
+    if _running_loop() is not None:
+        logger.error(
+            "asgiref-loopshare: LoopScope.close() called from a running event loop; "
+            "its on_close callbacks were not run"
+        )
+        return
+    for callback in reversed(callbacks):
+        try:
+            # Straight onto this scope's loop, whatever loop the closing
+            # thread may be nested in.
+            _call_on_shared_loop(AsyncToSync(callback), executor, (), {})
+        except Exception:
+            logger.exception("asgiref-loopshare: on_close callback %r failed", callback)

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
@@ -204,3 +205,71 @@ def test_context_exited_on_another_thread_raises_as_stock_and_still_tears_down(
     assert [type(error) for error in errors] == [ValueError]
     assert loop.is_closed()
     AsyncToSync.async_single_thread_context.reset(context.token)
+
+
+def test_on_close_callbacks_run_on_the_scopes_loop_last_first(installed: None) -> None:
+    from asgiref.sync import async_to_sync
+
+    scope = LoopScope()
+    seen: list[tuple[str, asyncio.AbstractEventLoop, bool]] = []
+
+    def recorder(name: str) -> Callable[[], Awaitable[None]]:
+        async def callback() -> None:
+            loop = asyncio.get_running_loop()
+            seen.append((name, loop, loop.is_closed()))
+
+        return callback
+
+    scope.on_close(recorder("first"))
+    scope.on_close(recorder("second"))
+    token = scope.activate()
+    try:
+        loop, _ = async_to_sync(loop_and_thread)()
+    finally:
+        scope.deactivate(token)
+    scope.close()
+    assert seen == [("second", loop, False), ("first", loop, False)]
+    assert loop.is_closed()
+
+
+def test_on_close_does_not_start_a_loop_for_a_scope_that_never_ran(
+    installed: None,
+) -> None:
+    scope = LoopScope()
+    ran: list[bool] = []
+
+    async def callback() -> None:
+        ran.append(True)
+
+    scope.on_close(callback)
+    before = threading.active_count()
+    scope.close()
+    assert ran == []
+    assert threading.active_count() == before
+
+
+def test_failing_on_close_callback_is_logged_and_teardown_still_happens(
+    installed: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from asgiref.sync import async_to_sync
+
+    scope = LoopScope()
+    ran: list[str] = []
+
+    async def broken() -> None:
+        raise OSError("connection reset")
+
+    async def fine() -> None:
+        ran.append("fine")
+
+    scope.on_close(fine)
+    scope.on_close(broken)
+    token = scope.activate()
+    try:
+        loop, _ = async_to_sync(loop_and_thread)()
+    finally:
+        scope.deactivate(token)
+    scope.close()
+    assert ran == ["fine"]
+    assert loop.is_closed()
+    assert "on_close callback" in caplog.text
