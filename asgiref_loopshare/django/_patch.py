@@ -5,8 +5,8 @@ How a request is followed from start to end without a reference cycle:
 - ``__call__`` of ``WSGIHandler`` and of the test client's ``ClientHandler`` is
   wrapped (whatever is there at `install` time, so patches applied earlier, such
   as an APM's, stay in the chain). The wrapper creates a `LoopScope`, activates
-  it before Django sends ``request_started`` and publishes it as this thread's
-  *pending* scope.
+  it before Django sends ``request_started`` and publishes it as the *pending*
+  scope (a context variable, reset when ``__call__`` returns).
 - ``get_response`` of those handlers (and of the two static-files handlers that
   override it) is wrapped: the outermost wrapper takes the pending scope and
   stores it on the response it returns, as ``response._loopshare_scope``. The
@@ -31,6 +31,7 @@ asgiref (see `LoopScope`).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -47,14 +48,14 @@ __all__ = ["SCOPE_ATTR", "disable", "enable", "is_enabled", "scope_of"]
 SCOPE_ATTR = "_loopshare_scope"
 
 
-class _ThreadState(threading.local):
-    #: The scope of the request whose ``get_response`` has not returned yet.
-    pending: LoopScope | None = None
-    #: The scope of the innermost request being handled by this thread.
-    current: LoopScope | None = None
-
-
-_state = _ThreadState()
+#: The scope of the request whose ``get_response`` has not returned yet.
+_pending: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(
+    "asgiref_loopshare_pending", default=None
+)
+#: The scope of the innermost request being handled here (nested requests).
+_current: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(
+    "asgiref_loopshare_current", default=None
+)
 _enabled = False
 _lock = threading.RLock()
 #: Whether `enable` installed the asgiref patch (then `disable` removes it).
@@ -67,39 +68,6 @@ def scope_of(response: Any) -> LoopScope | None:
     return scope
 
 
-def _handle(
-    call: Callable[..., Any], handler: Any, args: tuple[Any, ...], kwargs: Any
-) -> Any:
-    state = _state
-    outer_pending = state.pending
-    outer = state.current
-    scope = LoopScope()
-    token = scope.activate()
-    state.pending = state.current = scope
-    try:
-        result = call(handler, *args, **kwargs)
-    except BaseException:
-        state.pending = outer_pending
-        state.current = outer
-        scope.deactivate(token)
-        scope.close()
-        raise
-    if state.pending is scope:
-        # No patched get_response saw the response (a handler subclass of
-        # unknown shape): attach to the response if we have it, else end now.
-        state.pending = outer_pending
-        if isinstance(result, _HttpResponseBase) and SCOPE_ATTR not in vars(result):
-            setattr(result, SCOPE_ATTR, scope)
-        else:
-            scope.close()
-    state.current = outer
-    if outer is not None:
-        # An in-process request inside another one (a view using the test
-        # client): hand the outer request its scope back.
-        outer.activate()
-    return result
-
-
 #: ``django.http.response.HttpResponseBase`` once `enable` has imported it.
 _HttpResponseBase: type = type(None)
 
@@ -109,25 +77,56 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _enabled:
             return original(self, *args, **kwargs)
-        return _handle(original, self, args, kwargs)
+        outer = _current.get()
+        scope = LoopScope()
+        token = scope.activate()
+        pending_token = _pending.set(scope)
+        current_token = _current.set(scope)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException:
+            _pending.reset(pending_token)
+            _current.reset(current_token)
+            scope.deactivate(token)
+            scope.close()
+            raise
+        unattached = _pending.get() is scope
+        _pending.reset(pending_token)
+        _current.reset(current_token)
+        if unattached:
+            _attach_or_close(result, scope)
+        if outer is not None:
+            # An in-process request inside another one (a view using the test
+            # client): hand the outer request its scope back.
+            outer.activate()
+        return result
 
     return __call__
+
+
+def _attach_or_close(result: Any, scope: LoopScope) -> None:
+    """No patched get_response saw the response (a handler subclass of unknown
+    shape): attach the scope to the response if that is what we got, else end
+    it now."""
+    if isinstance(result, _HttpResponseBase) and SCOPE_ATTR not in vars(result):
+        setattr(result, SCOPE_ATTR, scope)
+    else:
+        scope.close()
 
 
 def _wrap_get_response(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_response(self: Any, request: Any) -> Any:
-        state = _state
-        scope = state.pending
+        scope = _pending.get()
         if scope is None:
             return original(self, request)
         # Hidden from inner get_response wrappers and nested requests: only
         # the response the handler gets back carries the scope.
-        state.pending = None
+        _pending.set(None)
         try:
             response = original(self, request)
         except BaseException:
-            state.pending = scope  # a handler may still answer with a response
+            _pending.set(scope)  # the handler may still answer with a response
             raise
         setattr(response, SCOPE_ATTR, scope)
         return response
