@@ -5,8 +5,8 @@ How a request is followed from start to end without a reference cycle:
 - ``__call__`` of ``WSGIHandler`` and of the test client's ``ClientHandler`` is
   wrapped (whatever is there at `install` time, so patches applied earlier, such
   as an APM's, stay in the chain). The wrapper creates a `LoopScope`, activates
-  it before Django sends ``request_started`` and publishes it as the *pending*
-  scope (a context variable, reset when ``__call__`` returns).
+  it before Django sends ``request_started`` and publishes it as this thread's
+  *pending* scope.
 - ``get_response`` of those handlers (and of the two static-files handlers that
   override it) is wrapped: the outermost wrapper takes the pending scope and
   stores it on the response it returns, as ``response._loopshare_scope``. The
@@ -31,7 +31,6 @@ asgiref (see `LoopScope`).
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -48,14 +47,21 @@ __all__ = ["SCOPE_ATTR", "disable", "enable", "is_enabled", "scope_of"]
 SCOPE_ATTR = "_loopshare_scope"
 
 
-#: The scope of the request whose ``get_response`` has not returned yet.
-_pending: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(
-    "asgiref_loopshare_pending", default=None
-)
-#: The scope of the innermost request being handled here (nested requests).
-_current: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(
-    "asgiref_loopshare_current", default=None
-)
+class _ThreadState(threading.local):
+    """Per thread; only ever touched by the thread that runs ``__call__``.
+
+    A thread-local rather than context variables: a ``ContextVar.set`` makes
+    every context variable's cached lookup stale, and Django's ``Local``
+    objects read theirs many times per request.
+    """
+
+    #: The scope of the request whose ``get_response`` has not returned yet.
+    pending: LoopScope | None = None
+    #: The scope of the innermost request this thread is handling.
+    current: LoopScope | None = None
+
+
+_state = _ThreadState()
 _enabled = False
 _lock = threading.RLock()
 #: Whether `enable` installed the asgiref patch (then `disable` removes it).
@@ -77,22 +83,23 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _enabled:
             return original(self, *args, **kwargs)
-        outer = _current.get()
+        state = _state
+        outer_pending = state.pending
+        outer = state.current
         scope = LoopScope()
         token = scope.activate()
-        pending_token = _pending.set(scope)
-        current_token = _current.set(scope)
+        state.pending = state.current = scope
         try:
             result = original(self, *args, **kwargs)
         except BaseException:
-            _pending.reset(pending_token)
-            _current.reset(current_token)
+            state.pending = outer_pending
+            state.current = outer
             scope.deactivate(token)
             scope.close()
             raise
-        unattached = _pending.get() is scope
-        _pending.reset(pending_token)
-        _current.reset(current_token)
+        unattached = state.pending is scope
+        state.pending = outer_pending
+        state.current = outer
         if unattached:
             _attach_or_close(result, scope)
         if outer is not None:
@@ -117,16 +124,17 @@ def _attach_or_close(result: Any, scope: LoopScope) -> None:
 def _wrap_get_response(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_response(self: Any, request: Any) -> Any:
-        scope = _pending.get()
+        state = _state
+        scope = state.pending
         if scope is None:
             return original(self, request)
         # Hidden from inner get_response wrappers and nested requests: only
         # the response the handler gets back carries the scope.
-        _pending.set(None)
+        state.pending = None
         try:
             response = original(self, request)
         except BaseException:
-            _pending.set(scope)  # the handler may still answer with a response
+            state.pending = scope  # the handler may still answer with a response
             raise
         setattr(response, SCOPE_ATTR, scope)
         return response
