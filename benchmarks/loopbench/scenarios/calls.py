@@ -82,7 +82,8 @@ class CallsWorkload(BaseWorkload):
             executor = LoopExecutor()
             for _ in range(n * calls):
                 waiter = CurrentThreadExecutor(None)
-                waiter.run_until_future(executor.start_call(trivial()).done)
+                done = executor.start_call(trivial()).done
+                waiter.run_until_future(done)  # type: ignore[arg-type]
             executor.shutdown()
         elif self.mode == "same_thread":
             assert self.loop is not None
