@@ -70,7 +70,7 @@ _installed_core = False
 
 def scope_of(response: Any) -> LoopScope | None:
     """The scope a response will close, or ``None`` (tests and debugging)."""
-    scope: LoopScope | None = vars(response).get(SCOPE_ATTR)
+    scope: LoopScope | None = getattr(response, SCOPE_ATTR, None)
     return scope
 
 
@@ -115,30 +115,44 @@ def _attach_or_close(result: Any, scope: LoopScope) -> None:
     """No patched get_response saw the response (a handler subclass of unknown
     shape): attach the scope to the response if that is what we got, else end
     it now."""
-    if isinstance(result, _HttpResponseBase) and SCOPE_ATTR not in vars(result):
+    if isinstance(result, _HttpResponseBase) and scope_of(result) is None:
         setattr(result, SCOPE_ATTR, scope)
     else:
         scope.close()
 
 
-def _wrap_get_response(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
+def _wrap_get_response(
+    original: Callable[..., Any] | None, owner: type = object
+) -> Callable[..., Any]:
+    """Wrap *original*; or, when it is None, the ``get_response`` that *owner*
+    inherits, looked up at call time (patches of ``BaseHandler`` keep working).
+    """
+
+    parent: Any = owner
+
     def get_response(self: Any, request: Any) -> Any:
         state = _state
         scope = state.pending
         if scope is None:
+            if original is None:
+                return super(parent, self).get_response(request)
             return original(self, request)
         # Hidden from inner get_response wrappers and nested requests: only
         # the response the handler gets back carries the scope.
         state.pending = None
         try:
-            response = original(self, request)
+            if original is None:
+                response = super(parent, self).get_response(request)
+            else:
+                response = original(self, request)
         except BaseException:
             state.pending = scope  # the handler may still answer with a response
             raise
         setattr(response, SCOPE_ATTR, scope)
         return response
 
+    if original is not None:
+        functools.update_wrapper(get_response, original)
     return get_response
 
 
@@ -147,10 +161,14 @@ def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
 
     @functools.wraps(original)
     def close(self: Any) -> None:
-        scope: LoopScope | None = vars(self).pop(SCOPE_ATTR, None)
+        # Attribute access only: vars(self) would turn the instance's inline
+        # attribute values into a dict and de-specialize every attribute
+        # access Django makes on responses (CPython 3.11+).
+        scope: LoopScope | None = self._loopshare_scope
         if scope is None:
             original(self)
             return
+        self._loopshare_scope = None
         if current_context.get(None) is scope.context:
             # The usual case: closed where __call__ left the scope set.
             try:
@@ -181,25 +199,14 @@ def _unhook_file_to_stream(response: Any) -> None:
     is. Once the response is closed both have done their job; dropping them lets
     reference counting free the response.
     """
-    attributes = vars(response)
-    stream = attributes.get("file_to_stream")
+    stream = getattr(response, "file_to_stream", None)
     if stream is None:
         return
     hook = getattr(stream, "__dict__", {}).get("close")
     if getattr(hook, "__self__", None) is response:
         del stream.close
-    if "_iterator" in attributes:
+    if hasattr(response, "_iterator"):
         response._iterator = iter(())
-
-
-def _inherited(cls: type, name: str) -> Callable[..., Any]:
-    """Call *name* as the class would without its own definition (dynamic)."""
-
-    def inherited(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return getattr(super(cls, self), name)(*args, **kwargs)
-
-    inherited.__name__ = inherited.__qualname__ = name
-    return inherited
 
 
 class _Patch(NamedTuple):
@@ -261,10 +268,16 @@ def enable() -> None:
             if (cls, name) in applied:
                 continue  # still in place from an earlier enable()
             previous = cls.__dict__.get(name, _ABSENT)
-            original = _inherited(cls, name) if previous is _ABSENT else previous
-            wrapper = make_wrapper(original)
+            if previous is _ABSENT:  # inherited: only get_response is
+                wrapper = _wrap_get_response(None, owner=cls)
+            else:
+                wrapper = make_wrapper(previous)
             setattr(cls, name, wrapper)
             _patches.append(_Patch(cls, name, previous, wrapper))
+        if not hasattr(_HttpResponseBase, SCOPE_ATTR):
+            # The default every response without a scope reads (kept after
+            # disable(), like the close() wrapper that reads it).
+            setattr(_HttpResponseBase, SCOPE_ATTR, None)
         _enabled = True
 
 
