@@ -11,13 +11,14 @@ Cells (``--list`` shows them):
 
 - ``py<X>-asgiref<V>``: 17 cells, asgiref 3.10.0 / 3.11.1 / 3.12.1 / 3.13.0 on
   every Python 3.9-3.13 that release supports. Each runs (a) our own tests
-  (``tests/`` minus ``tests/django*`` and tests marked ``django``) and (b)
-  asgiref's own, unchanged test suite from its sdist, with
+  (``tests/`` minus ``tests/django*``, ``tests/flask`` and tests marked
+  ``django``) and (b) asgiref's own, unchanged test suite from its sdist, with
   ``asgiref_loopshare.install()`` active through ``tests/asgiref_suite_plugin.py``.
 - ``lint-py3.12``: ruff check, ruff format --check (only when pyproject.toml
   has ``[tool.ruff.format]``) and mypy --strict asgiref_loopshare.
-- ``django<S>-py<X>-asgiref<V>``: our ``tests/django*`` tests (and tests marked
-  ``django``) against Django 4.2 / latest 5.2.x / latest 6.1.x.
+- ``django<S>-py<X>-asgiref<V>``: our ``tests/django*`` and ``tests/flask``
+  tests (and tests marked ``django``) against Django 4.2 / latest 5.2.x /
+  latest 6.1.x, with Flask, gunicorn, waitress, redis-py and redis-server.
 - ``django-suite<S>-py<X>-asgiref<V>``: Django's own test suite for the
   request-path modules, with ``asgiref_loopshare.django.install()`` active
   (``tests/django_suite.py``). Failures listed in `DJANGO_KNOWN_FAILURES`
@@ -31,9 +32,8 @@ How results count:
 
 - a required test run that ran no test (pytest exit 5, Django "Ran 0 tests")
   is a failure: our own non-Django tests, asgiref's suite, Django's suite, and
-  our Django tests taken together in a Django cell. The one optional selection
-  is the ``-m django`` pass over tests outside ``tests/django*``: it may be
-  empty.
+  our framework tests taken together in a Django cell. The one optional
+  selection is the ``-m django`` pass over the other tests: it may be empty.
 - each lint check counts as one test.
 - a step that breaks without test counts (a venv that will not build, a
   crash, a timeout) counts as one failed test, so the closing line never says
@@ -117,7 +117,10 @@ DJANGO_CELLS = (
 )
 DJANGO_SUITE_CELLS = (("5.2", "3.12"), ("6.1", "3.13"))
 #: Packages the Django cells' tests need beyond Django and our [test] extra.
-DJANGO_CELL_PACKAGES = ("redis>=5", "gunicorn", "waitress")
+#: Flask: those cells also run tests/flask (the same servers and redis).
+DJANGO_CELL_PACKAGES = ("redis>=5", "gunicorn", "waitress", "flask")
+#: Test directories that need a web framework: run in the Django cells only.
+FRAMEWORK_TEST_GLOBS = ("django*", "flask")
 #: Django's own test modules on the request path (where async_to_sync runs
 #: under WSGI), plus the 6.x tasks framework.
 DJANGO_SUITE_MODULES = (
@@ -791,38 +794,40 @@ class CellRunner:
             self.result.ours = self.our_tests()
             self.result.suite = self.asgiref_suite()
         elif cell.kind == "django":
-            self.result.ours = self.our_django_tests()
+            self.result.ours = self.our_framework_tests()
         else:
             self.result.suite = self.django_suite()
         return self.result
 
+    def framework_paths(self) -> list[Path]:
+        return sorted(
+            p
+            for pattern in FRAMEWORK_TEST_GLOBS
+            for p in TESTS.glob(pattern)
+            if p.name != "django_suite.py"
+        )
+
+    def not_framework_args(self) -> list[str]:
+        return [f"--ignore={p}" for p in self.framework_paths()]
+
     def our_tests(self) -> Counts:
         return self.pytest(
             "ours",
-            [
-                "-m",
-                "not django",
-                f"--ignore-glob={TESTS}/django*",
-                "tests",
-            ],
+            ["-m", "not django", *self.not_framework_args(), "tests"],
             cwd=REPO,
             required=True,
         )
 
-    def our_django_tests(self) -> Counts:
-        paths = sorted(
-            str(p.relative_to(REPO))
-            for p in TESTS.glob("django*")
-            if p.name != "django_suite.py"
-        )
+    def our_framework_tests(self) -> Counts:
+        paths = [str(p.relative_to(REPO)) for p in self.framework_paths()]
         counts = Counts()
         if paths:
-            counts.add(self.pytest("ours-django", paths, cwd=REPO, required=False))
+            counts.add(self.pytest("ours-web", paths, cwd=REPO, required=False))
         # Optional selection: tests elsewhere that are marked to need Django.
         counts.add(
             self.pytest(
                 "ours-django-marked",
-                ["-m", "django", f"--ignore-glob={TESTS}/django*", "tests"],
+                ["-m", "django", *self.not_framework_args(), "tests"],
                 cwd=REPO,
                 required=False,
             )
