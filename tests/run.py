@@ -4,8 +4,9 @@
 Bootstraps everything it needs on a machine with only Python and pip (and root
 for apt), using the standard library alone, because it runs before any venv
 exists. Everything it downloads or builds lives under
-``~/.cache/asgiref-loopshare`` (venvs, sdists, logs) and ``~/.cache/pip``;
-nothing is written into the repository.
+``~/.cache/asgiref-loopshare`` (venvs, sdists, logs; ``ASGIREF_LOOPSHARE_CACHE``
+moves it) and ``~/.cache/pip``; nothing is written into the repository. Runs
+sharing the cache lock each venv, so concurrent runs wait rather than collide.
 
 Cells (``--list`` shows them):
 
