@@ -470,17 +470,19 @@ def fetch_django(series: str, python: str) -> tuple[Sdist, str]:
     return _sdist(tarball, match.group(1)), note
 
 
-def asgiref_test_extras(sdist: Sdist) -> list[str]:
+def _setup_cfg(sdist: Sdist) -> configparser.ConfigParser:
     cfg = configparser.ConfigParser()
     cfg.read(sdist.root / "setup.cfg")
-    raw = cfg.get("options.extras_require", "tests", fallback="")
+    return cfg
+
+
+def asgiref_test_extras(sdist: Sdist) -> list[str]:
+    raw = _setup_cfg(sdist).get("options.extras_require", "tests", fallback="")
     return [line.strip() for line in raw.splitlines() if line.strip()]
 
 
 def asgiref_python_requires(sdist: Sdist) -> str:
-    cfg = configparser.ConfigParser()
-    cfg.read(sdist.root / "setup.cfg")
-    return cfg.get("options", "python_requires", fallback="")
+    return _setup_cfg(sdist).get("options", "python_requires", fallback="")
 
 
 # ------------------------------------------------------------------- our own wheel
