@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -394,3 +395,33 @@ def test_contexts_with_calls_leave_nothing_for_the_cyclic_gc(
         gc.garbage.clear()
         gc.enable()
     assert garbage == []
+
+
+def test_exception_being_handled_is_freed_by_refcount_after_a_call(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    """Django's async streaming calls async_to_sync inside ``except TypeError``."""
+
+    async def noop() -> None:
+        pass
+
+    class NotAnIterator(TypeError):
+        pass
+
+    def handle() -> tuple[bool, weakref.ref[BaseException]]:
+        try:
+            raise NotAnIterator
+        except NotAnIterator as error:
+            traceback_before = error.__traceback__
+            async_to_sync(noop)()
+            return error.__traceback__ is traceback_before, weakref.ref(error)
+
+    gc.collect()
+    gc.disable()
+    try:
+        with AsyncSingleThreadContext():
+            traceback_kept, dead = handle()
+            assert traceback_kept
+            assert dead() is None
+    finally:
+        gc.enable()
