@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import statistics
@@ -119,8 +120,18 @@ class Worker:
         hello = self._read()
         self.pid = int(hello["pid"])
 
+    #: Longest wait for one reply; a hung worker must not hang CI.
+    reply_timeout = 300.0
+
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.reply_timeout)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise WorkerError(
+                f"worker {self.label}: no reply in {self.reply_timeout:.0f}s; killed"
+            )
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait(timeout=10)

@@ -114,6 +114,22 @@ def memory_table(
     )
 
 
+def _repo_revision() -> str:
+    """The commit measured, and whether the work tree differed from it."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "asgiref_loopshare")
+    return f"{commit}{' + uncommitted changes' if dirty else ''}"
+
+
 def machine_info() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -133,6 +149,7 @@ def machine_info() -> dict[str, str]:
         except Exception:
             versions[dist] = "not installed"
     return {
+        "asgiref-loopshare": _repo_revision(),
         "machine": f"{platform.node()} ({platform.system()} {platform.release()}, "
         f"{platform.machine()})",
         "cpu": cpu,
