@@ -13,11 +13,10 @@ a few %):
   worker threads' CPU), with wall time beside it; the value per mode is the
   median of its batches, and ratios are ratios of medians.
 
-Ratios between modes are medians of per-round ratios (paired batches), which
-cancel slow spells that hit both sides of a pair; the µs shown are medians of
-the batches. Results are also kept as pyperf benchmarks (one pyperf run per
-worker process) and dumped as a pyperf JSON suite, for ``python -m pyperf
-stats/compare_to``.
+The half interquartile range of the per-round ratios (paired batches) is
+shown as the uncertainty of a ratio. Results are also kept as pyperf
+benchmarks (one pyperf run per worker process) and dumped as a pyperf JSON
+suite, for ``python -m pyperf stats/compare_to``.
 """
 
 from __future__ import annotations
@@ -196,9 +195,19 @@ class Measured:
         ]
 
     def ratio(self, base: Measured, kind: str = "cpu") -> float:
-        """Median of the per-round ratios to *base* (1.0 for itself)."""
-        values = self.ratios(base, kind)
-        return statistics.median(values) if values else float("nan")
+        """Ratio of the medians, the µs shown beside it (1.0 for itself).
+
+        The background load here comes in bursts shorter than a round, so the
+        two batches of a pair rarely share it: a median of per-round ratios
+        carries both sides' noise, the ratio of medians neither. The spread
+        of the per-round ratios is reported as the uncertainty instead.
+        """
+        mine, theirs = (
+            (self.cpu_us, base.cpu_us)
+            if kind == "cpu"
+            else (self.wall_us, base.wall_us)
+        )
+        return mine / theirs if theirs else float("nan")
 
     def ratio_spread(self, base: Measured) -> float:
         """Half the interquartile range of the per-round CPU ratios."""

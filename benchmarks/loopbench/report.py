@@ -23,7 +23,7 @@ def _subplots() -> tuple[Figure, Axes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=110)
     return fig, ax
 
 
@@ -185,7 +185,7 @@ def line_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -200,7 +200,8 @@ def bar_plot(
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
         xs = [g + i * width for g in range(len(groups))]
-        ax.bar(xs, values, width=width, label=label)
+        bars = ax.bar(xs, values, width=width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels(groups)
     ax.set_title(title)
@@ -233,9 +234,10 @@ def write_results(
         "turns in short batches, order rotated each round; the primary figure is "
         "**process CPU time per unit** (includes the loop worker threads), median "
         "of the batches, wall time beside it. Ratios are ratios of medians; ± is "
-        "the median absolute deviation of the batches. Raw values are also in the "
-        "pyperf suite written next to this file in `benchmarks/out/` "
-        "(`python -m pyperf stats ...`).",
+        "half the interquartile range of the per-round ratios of paired batches. "
+        "This machine is shared (other work ran on both CPUs during the run): "
+        "absolute µs move between runs by up to ~40 %, ratios much less. Raw "
+        "values: the pyperf suite named below (`python -m pyperf stats FILE`).",
         "",
         "| | |",
         "|---|---|",
