@@ -209,6 +209,19 @@ class Measured:
         )
         return mine / theirs if theirs else float("nan")
 
+    def paired_ratio_ci(self, base: Measured) -> tuple[float, float, float]:
+        """Median of the per-round ratios to *base* and its ~95 % confidence
+        interval (order statistics, no assumption on the noise's shape)."""
+        values = sorted(self.ratios(base))
+        n = len(values)
+        if not n:
+            nan = float("nan")
+            return nan, nan, nan
+        half = 0.98 * n**0.5  # 1.96 * sqrt(n) / 2
+        low = values[max(0, int(n / 2 - half))]
+        high = values[min(n - 1, int(n / 2 + half))]
+        return statistics.median(values), low, high
+
     def ratio_spread(self, base: Measured) -> float:
         """Half the interquartile range of the per-round CPU ratios."""
         values = sorted(self.ratios(base))

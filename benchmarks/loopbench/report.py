@@ -57,7 +57,7 @@ class Goal:
     name: str
     target: str
     measured: str
-    met: bool | None  # None: could not be measured in this run
+    met: bool | None  # None: inconclusive (the uncertainty straddles the target)
 
 
 @dataclass
@@ -212,7 +212,7 @@ def bar_plot(
 
 
 def goal_mark(met: bool | None) -> str:
-    return {True: "met", False: "**missed**", None: "not measured"}[met]
+    return {True: "met", False: "**missed**", None: "inconclusive"}[met]
 
 
 def write_results(
