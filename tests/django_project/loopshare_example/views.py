@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -80,7 +82,9 @@ def big_file() -> Any:
     path = settings.FILES_DIR / "big.bin"
     if not path.exists() or path.stat().st_size != FILE_SIZE:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A name of its own per writer: concurrent first requests each write
+        # a complete file and the last atomic replace wins.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(bytes(range(256)) * (FILE_SIZE // 256))
         tmp.replace(path)
     return path
