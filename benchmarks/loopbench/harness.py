@@ -439,6 +439,20 @@ def same_process_ab(
     return results
 
 
+def verdict(
+    measured: Measured, base: Measured, ok: Callable[[float], bool]
+) -> tuple[bool | None, str]:
+    """Judge ``ok(measured / base)`` on the paired ratio's 95 % interval.
+
+    True if the whole interval passes, False if none of it does, None
+    (inconclusive) if it straddles the target; with the interval as text.
+    """
+    _, low, high = measured.paired_ratio_ci(base)
+    passes = ok(low), ok(high)
+    met = True if all(passes) else False if not any(passes) else None
+    return met, f"95 % CI {low:.2f}-{high:.2f}"
+
+
 def record(config: Config, prefix: str, measured: dict[str, Measured]) -> None:
     for result in measured.values():
         config.suite.extend(result.benchmarks(prefix))
