@@ -447,10 +447,10 @@ def verdict(
     True if the whole interval passes, False if none of it does, None
     (inconclusive) if it straddles the target; with the interval as text.
     """
-    _, low, high = measured.paired_ratio_ci(base)
+    paired, low, high = measured.paired_ratio_ci(base)
     passes = ok(low), ok(high)
     met = True if all(passes) else False if not any(passes) else None
-    return met, f"95 % CI {low:.2f}-{high:.2f}"
+    return met, f"paired {paired:.2f}, 95 % CI {low:.2f}-{high:.2f}"
 
 
 def record(config: Config, prefix: str, measured: dict[str, Measured]) -> None:
