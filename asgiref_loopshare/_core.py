@@ -117,6 +117,26 @@ def _is_closed(context: AsyncSingleThreadContext) -> bool:
     return context in _closed_contexts
 
 
+#: asgiref's own ``AsyncSingleThreadContext.__enter__``, captured before patching.
+stock_enter: Callable[..., Any] = AsyncSingleThreadContext.__enter__
+
+
+def loopshare_enter(self: AsyncSingleThreadContext) -> AsyncSingleThreadContext:
+    """``AsyncSingleThreadContext.__enter__`` that sees through a closed scope.
+
+    asgiref's ``__enter__`` takes over only when no context is set. A request
+    scope closed on another thread (waitress closes file responses from its
+    main thread) stays set in the request thread's contextvars; it must not
+    turn a later ``with AsyncSingleThreadContext()`` there into a no-op.
+    """
+    current = AsyncToSync.async_single_thread_context.get(None)
+    if current is not None and _is_closed(current):
+        self.token = AsyncToSync.async_single_thread_context.set(self)
+        return self
+    entered: AsyncSingleThreadContext = stock_enter(self)
+    return entered
+
+
 def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None:
     """The loop asgiref would schedule this call on, if it is a live one.
 
@@ -135,7 +155,11 @@ def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None
         pid = threadlocal.get("main_event_loop_pid")
         if pid and pid == os.getpid():
             loop = threadlocal.get("main_event_loop")
-    if loop is None or loop.is_closed():
+    if loop is None or loop.is_closed() or not loop.is_running():
+        # A genuine outer loop is running: it awaits the sync_to_async future
+        # of the code calling us. An idle one is stale (left by a loop that a
+        # thread_handler once ran here); asgiref would schedule onto it and
+        # wait forever.
         return None
     return loop
 
@@ -406,11 +430,16 @@ class LoopScope:
     thread and no loop.
     """
 
-    __slots__ = ("__weakref__", "_on_close", "context")
+    __slots__ = ("__weakref__", "_on_close", "context", "token")
 
     def __init__(self) -> None:
         self.context = _ScopeContext()  # type: ignore[no-untyped-call]
         self._on_close: list[Callable[[], Awaitable[object]]] | None = None
+        #: For adapters: the token of the activation that began the request,
+        #: to `deactivate` where the request ends in that same context (a
+        #: closed scope left set would make a later ``with
+        #: AsyncSingleThreadContext()`` in that thread a no-op).
+        self.token: contextvars.Token[AsyncSingleThreadContext] | None = None
 
     def on_close(self, callback: Callable[[], Awaitable[object]]) -> None:
         """Await ``callback()`` on this scope's loop when the scope closes.

@@ -1,6 +1,8 @@
 """`install` / `uninstall`: patch the installed asgiref in place.
 
-The patch is one attribute: ``asgiref.sync.AsyncToSync.__call__``. Replacing it
+The patch is ``asgiref.sync.AsyncToSync.__call__`` (and
+``AsyncSingleThreadContext.__enter__``, which must see through a closed
+request scope left set in a thread: see `loopshare_enter`). Replacing it
 on the class reaches every way in at once - ``asgiref.sync.async_to_sync``
 (which looks ``AsyncToSync`` up at call time), modules that imported
 ``async_to_sync`` or ``AsyncToSync`` before `install`, and ``AsyncToSync``
@@ -11,9 +13,14 @@ from __future__ import annotations
 
 import threading
 
-from asgiref.sync import AsyncToSync
+from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
 
-from asgiref_loopshare._core import loopshare_call, stock_call
+from asgiref_loopshare._core import (
+    loopshare_call,
+    loopshare_enter,
+    stock_call,
+    stock_enter,
+)
 
 __all__ = ["install", "is_installed", "uninstall"]
 
@@ -25,6 +32,8 @@ def install() -> None:
     with _lock:
         if AsyncToSync.__dict__.get("__call__") is stock_call:
             AsyncToSync.__call__ = loopshare_call  # type: ignore[method-assign]
+        if AsyncSingleThreadContext.__dict__.get("__enter__") is stock_enter:
+            AsyncSingleThreadContext.__enter__ = loopshare_enter  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
@@ -36,6 +45,8 @@ def uninstall() -> None:
     with _lock:
         if AsyncToSync.__dict__.get("__call__") is loopshare_call:
             AsyncToSync.__call__ = stock_call  # type: ignore[method-assign]
+        if AsyncSingleThreadContext.__dict__.get("__enter__") is loopshare_enter:
+            AsyncSingleThreadContext.__enter__ = stock_enter  # type: ignore[method-assign]
 
 
 def is_installed() -> bool:

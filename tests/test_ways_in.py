@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from asgiref_loopshare import sync as loopshare_sync
 from tests.conftest import loop_and_thread
 
 ORIGINAL_CALL = AsyncToSync.__dict__["__call__"]
+ORIGINAL_ENTER = AsyncSingleThreadContext.__dict__["__enter__"]
 
 # Bound before install(), as Django's modules bind it at import time.
 from asgiref.sync import async_to_sync as imported_before_install  # noqa: E402
@@ -73,6 +75,7 @@ def test_uninstall_restores_the_original_object(clean: None) -> None:
     asgiref_loopshare.install()
     asgiref_loopshare.uninstall()
     assert AsyncToSync.__dict__["__call__"] is ORIGINAL_CALL
+    assert AsyncSingleThreadContext.__dict__["__enter__"] is ORIGINAL_ENTER
     assert not asgiref_loopshare.is_installed()
     assert not shares_loop(asgiref_sync.async_to_sync)
 
@@ -199,3 +202,19 @@ def test_supported_versions_pass(asgiref: str) -> None:
 
 def test_unsupported_version_error_is_an_import_error() -> None:
     assert issubclass(_compat.UnsupportedVersionError, ImportError)
+
+
+def test_a_closed_scope_left_set_does_not_disable_a_new_context(
+    installed: None,
+) -> None:
+    """A request scope closed on another thread stays set in its thread."""
+    from asgiref_loopshare import LoopScope
+
+    def after_a_request_closed_elsewhere() -> bool:
+        scope = LoopScope()
+        scope.activate()  # never deactivated here, as after a cross-thread close()
+        scope.close()
+        return shares_loop(asgiref_sync.async_to_sync)
+
+    # A copy: the scope left set must not leak into later tests.
+    assert contextvars.copy_context().run(after_a_request_closed_elsewhere)

@@ -87,7 +87,7 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
         outer_pending = state.pending
         outer = state.current
         scope = LoopScope()
-        token = scope.activate()
+        token = scope.token = scope.activate()
         state.pending = state.current = scope
         try:
             result = original(self, *args, **kwargs)
@@ -170,11 +170,16 @@ def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
             return
         self._loopshare_scope = None
         if current_context.get(None) is scope.context:
-            # The usual case: closed where __call__ left the scope set.
+            # The usual case: closed where __call__ left the scope set. Unset
+            # it there too: a closed scope left set would turn a later `with
+            # AsyncSingleThreadContext()` in this thread into a no-op.
             try:
                 original(self)
             finally:
                 scope.close()
+                token, scope.token = scope.token, None
+                if token is not None:
+                    scope.deactivate(token)
                 _unhook_file_to_stream(self)
             return
         token = scope.activate()

@@ -8,7 +8,9 @@ test of stock behaviour and a test of the adapter see the same project.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
+import inspect
 import itertools
 import os
 import sys
@@ -204,3 +206,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def loopshare_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("asgiref-loopshare")}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run each (sync) test body in a copy of the contextvars context.
+
+    A Django test-client request that is never closed leaves its request scope
+    set in this thread's context; without a copy it would leak into every
+    later test run in the same process.
+    """
+    function = pyfuncitem.obj
+    if inspect.iscoroutinefunction(function):
+        return None  # pytest-asyncio runs those
+    arguments = {
+        name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames
+    }
+    contextvars.copy_context().run(function, **arguments)
+    return True
