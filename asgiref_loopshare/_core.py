@@ -37,7 +37,13 @@ from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
 from asgiref_loopshare._loop import Call, LoopExecutor, get_settings, is_shared_loop
 
-__all__ = ["ContextExecutor", "LoopScope", "loopshare_call", "stock_call"]
+__all__ = [
+    "ContextExecutor",
+    "LoopScope",
+    "ScopeContext",
+    "loopshare_call",
+    "stock_call",
+]
 
 _R = TypeVar("_R")
 
@@ -69,7 +75,7 @@ class ContextExecutor(LoopExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         context = self._context()
-        if type(context) is _ScopeContext:
+        if isinstance(context, ScopeContext):
             context.closed = True
         elif context is not None:
             _closed_contexts.add(context)
@@ -96,23 +102,36 @@ def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | No
             return None
         # None yet, or inherited across fork(): never touch the parent's.
         fresh = ContextExecutor(context)
-        if type(context) is _ScopeContext:
+        if isinstance(context, ScopeContext):
             context.started = True
         # asgiref annotates the values as ThreadPoolExecutor; any Executor works.
         executors[context] = fresh  # type: ignore[assignment]
         return fresh
 
 
-class _ScopeContext(AsyncSingleThreadContext):
-    """The context of a `LoopScope`: it knows when it started and closed."""
+class ScopeContext(AsyncSingleThreadContext):
+    """The context of a scope that is activated and closed, not entered and exited.
+
+    What `LoopScope` and the framework adapters set for a request: creating
+    one creates nothing else, and it knows whether it started and closed.
+    """
 
     closed = False
-    #: Set once an executor is stored for it (then `LoopScope.close` pops it).
+    #: Set once an executor is stored for it (then `close` pops it).
     started = False
+
+    def close(self) -> None:
+        """Tear the loop down on its own thread, if one started; idempotent."""
+        self.closed = True
+        if not self.started:
+            return  # no executor was ever stored for it: nothing to pop
+        executor = AsyncToSync.context_to_thread_executor.pop(self, None)
+        if executor is not None:
+            executor.shutdown()
 
 
 def _is_closed(context: AsyncSingleThreadContext) -> bool:
-    if type(context) is _ScopeContext:
+    if isinstance(context, ScopeContext):
         return context.closed
     return context in _closed_contexts
 
@@ -433,7 +452,7 @@ class LoopScope:
     __slots__ = ("__weakref__", "_on_close", "context", "token")
 
     def __init__(self) -> None:
-        self.context = _ScopeContext()  # type: ignore[no-untyped-call]
+        self.context = ScopeContext()  # type: ignore[no-untyped-call]
         self._on_close: list[Callable[[], Awaitable[object]]] | None = None
         #: For adapters: the token of the activation that began the request,
         #: to `deactivate` where the request ends in that same context (a
@@ -479,12 +498,7 @@ class LoopScope:
             executor = AsyncToSync.context_to_thread_executor.get(self.context)
             if isinstance(executor, ContextExecutor) and executor.started:
                 _run_close_callbacks(executor, callbacks)
-        self.context.closed = True
-        if not self.context.started:
-            return  # no executor was ever stored for it: nothing to pop
-        executor = AsyncToSync.context_to_thread_executor.pop(self.context, None)
-        if executor is not None:
-            executor.shutdown()
+        self.context.close()
 
 
 def _run_close_callbacks(

@@ -1,32 +1,37 @@
-"""The in-place patch of Django's WSGI handlers: one `LoopScope` per request.
+"""The in-place patch of Django's WSGI handlers: one loop-sharing context per request.
 
 How a request is followed from start to end without a reference cycle:
 
 - ``__call__`` of ``WSGIHandler`` and of the test client's ``ClientHandler`` is
   wrapped (whatever is there at `install` time, so patches applied earlier, such
-  as an APM's, stay in the chain). The wrapper creates a `LoopScope`, activates
-  it before Django sends ``request_started`` and publishes it as this thread's
-  *pending* scope.
+  as an APM's, stay in the chain). The wrapper creates a `_RequestContext` (an
+  ``AsyncSingleThreadContext``) and makes it the current one before Django
+  sends ``request_started``.
 - ``get_response`` of those handlers (and of the two static-files handlers that
-  override it) is wrapped: the outermost wrapper takes the pending scope and
-  stores it on the response it returns, as ``response._loopshare_scope``. The
-  response refers to the scope; the scope never refers to the response.
+  override it) is wrapped: the outermost wrapper that finds the current context
+  *pending* stores it on the response it returns, as
+  ``response._loopshare_scope``. The response refers to the context; the
+  context never refers to the response.
 - ``HttpResponseBase.close`` is wrapped once, on the class: when the response
-  carries a scope, it activates the scope in whatever thread and contextvars
+  carries a context, it makes it current in whatever thread and contextvars
   context runs ``close()`` (waitress closes file responses from another thread),
   runs Django's ``close()`` - resource closers, then ``request_finished`` with
-  its async receivers on the request's loop - then deactivates and closes the
-  scope. ``response.close`` stays an ordinary bound method, so
-  ``wsgi.file_wrapper`` objects (which copy ``filelike.close`` when built) and
-  WSGI middleware that keep only ``close`` work as with stock Django.
+  its async receivers on the request's loop - then unsets and closes it.
+  ``response.close`` stays an ordinary bound method, so ``wsgi.file_wrapper``
+  objects (which copy ``filelike.close`` when built) and WSGI middleware that
+  keep only ``close`` work as with stock Django.
 - If anything raises before the response is returned, the wrapper closes the
-  scope at once. A request that never awaits anything never starts a loop.
+  context at once. A request that never awaits anything never starts a loop.
 
-After a successful ``__call__`` the scope stays set in the request thread's
+After a successful ``__call__`` the context stays set in the request thread's
 contextvars context on purpose: servers iterate the body in that thread, and
 Django consumes an async streaming body with ``async_to_sync`` only then. The
-next request's activation replaces it; a closed scope left set behaves as stock
-asgiref (see `LoopScope`).
+next request's context replaces it; a closed one left set behaves as stock
+asgiref (see `asgiref_loopshare.LoopScope`).
+
+Per request this costs two context-variable sets, one small object and a few
+attribute writes (no ``threading.local``: each access to one costs as much as
+the rest together), so a WSGI-only request stays within noise of stock.
 """
 
 from __future__ import annotations
@@ -39,43 +44,55 @@ from typing import Any, NamedTuple
 from asgiref.sync import AsyncToSync
 
 import asgiref_loopshare
-from asgiref_loopshare import LoopScope
+from asgiref_loopshare._core import ScopeContext
 
 __all__ = ["SCOPE_ATTR", "disable", "enable", "is_enabled", "scope_of"]
 
-#: Name of the attribute that carries a response's `LoopScope`.
+#: Name of the attribute that carries a response's request context.
 SCOPE_ATTR = "_loopshare_scope"
 
-
-class _ThreadState(threading.local):
-    """Per thread; only ever touched by the thread that runs ``__call__``.
-
-    A thread-local rather than context variables: a ``ContextVar.set`` makes
-    every context variable's cached lookup stale, and Django's ``Local``
-    objects read theirs many times per request.
-    """
-
-    #: The scope of the request whose ``get_response`` has not returned yet.
-    pending: LoopScope | None = None
-    #: The scope of the innermost request this thread is handling.
-    current: LoopScope | None = None
+_current_context = AsyncToSync.async_single_thread_context
 
 
-_state = _ThreadState()
+class _RequestContext(ScopeContext):
+    """The loop-sharing context of one request."""
+
+    # A slot, not a dict entry: written three times per request.
+    __slots__ = ("phase",)
+
+    phase: int
+
+
+# _RequestContext.phase: in the handler's __call__, and no get_response wrapper
+# has taken it for its response yet (_PENDING) or one has (_TAKEN); after it
+# (_DONE). A nested request hands the context back to an outer one in __call__.
+_DONE, _TAKEN, _PENDING = 0, 1, 2
+_new = object.__new__
+
+
 _enabled = False
 _lock = threading.RLock()
 #: Whether `enable` installed the asgiref patch (then `disable` removes it).
 _installed_core = False
 
 
-def scope_of(response: Any) -> LoopScope | None:
-    """The scope a response will close, or ``None`` (tests and debugging)."""
-    scope: LoopScope | None = getattr(response, SCOPE_ATTR, None)
-    return scope
+def scope_of(response: Any) -> ScopeContext | None:
+    """The request context a response will close, or ``None`` (tests, debugging)."""
+    context: ScopeContext | None = getattr(response, SCOPE_ATTR, None)
+    return context
 
 
 #: ``django.http.response.HttpResponseBase`` once `enable` has imported it.
 _HttpResponseBase: type = type(None)
+#: ``django.http.response.FileResponse`` once `enable` has imported it.
+_FileResponse: type = type(None)
+
+
+def _unset(token: Any) -> None:
+    try:  # noqa: SIM105 - contextlib.suppress() costs more, once per request
+        _current_context.reset(token)
+    except ValueError:  # created in another thread's or task's context
+        pass
 
 
 def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,42 +100,38 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _enabled:
             return original(self, *args, **kwargs)
-        state = _state
-        outer_pending = state.pending
-        outer = state.current
-        scope = LoopScope()
-        token = scope.token = scope.activate()
-        state.pending = state.current = scope
+        outer = _current_context.get(None)
+        # AsyncSingleThreadContext.__init__ only sets token: set it here.
+        context: _RequestContext = _new(_RequestContext)
+        context.phase = _PENDING
+        context.token = _current_context.set(context)
         try:
             result = original(self, *args, **kwargs)
         except BaseException:
-            state.pending = outer_pending
-            state.current = outer
-            scope.deactivate(token)
-            scope.close()
+            context.phase = _DONE
+            _unset(context.token)
+            context.close()
             raise
-        unattached = state.pending is scope
-        state.pending = outer_pending
-        state.current = outer
-        if unattached:
-            _attach_or_close(result, scope)
-        if outer is not None:
+        if context.phase == _PENDING:
+            _attach_or_close(result, context)
+        context.phase = _DONE
+        if type(outer) is _RequestContext and outer.phase:
             # An in-process request inside another one (a view using the test
-            # client): hand the outer request its scope back.
-            outer.activate()
+            # client): hand the outer request its context back.
+            _current_context.set(outer)
         return result
 
     return __call__
 
 
-def _attach_or_close(result: Any, scope: LoopScope) -> None:
+def _attach_or_close(result: Any, context: _RequestContext) -> None:
     """No patched get_response saw the response (a handler subclass of unknown
-    shape): attach the scope to the response if that is what we got, else end
-    it now."""
+    shape): attach the context to the response if that is what we got, else
+    end it now."""
     if isinstance(result, _HttpResponseBase) and scope_of(result) is None:
-        setattr(result, SCOPE_ATTR, scope)
+        setattr(result, SCOPE_ATTR, context)
     else:
-        scope.close()
+        context.close()
 
 
 def _wrap_get_response(
@@ -131,24 +144,23 @@ def _wrap_get_response(
     parent: Any = owner
 
     def get_response(self: Any, request: Any) -> Any:
-        state = _state
-        scope = state.pending
-        if scope is None:
+        context = _current_context.get(None)
+        if type(context) is not _RequestContext or context.phase != _PENDING:
             if original is None:
                 return super(parent, self).get_response(request)
             return original(self, request)
-        # Hidden from inner get_response wrappers and nested requests: only
-        # the response the handler gets back carries the scope.
-        state.pending = None
+        # Hidden from inner get_response wrappers: only the response the
+        # handler gets back carries the context.
+        context.phase = _TAKEN
         try:
             if original is None:
                 response = super(parent, self).get_response(request)
             else:
                 response = original(self, request)
         except BaseException:
-            state.pending = scope  # the handler may still answer with a response
+            context.phase = _PENDING  # the handler may still answer with a response
             raise
-        setattr(response, SCOPE_ATTR, scope)
+        response._loopshare_scope = context
         return response
 
     if original is not None:
@@ -157,38 +169,39 @@ def _wrap_get_response(
 
 
 def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
-    current_context = AsyncToSync.async_single_thread_context
-
     @functools.wraps(original)
     def close(self: Any) -> None:
         # Attribute access only: vars(self) would turn the instance's inline
         # attribute values into a dict and de-specialize every attribute
         # access Django makes on responses (CPython 3.11+).
-        scope: LoopScope | None = self._loopshare_scope
-        if scope is None:
+        context: _RequestContext | None = self._loopshare_scope
+        if context is None:
             original(self)
             return
         self._loopshare_scope = None
-        if current_context.get(None) is scope.context:
-            # The usual case: closed where __call__ left the scope set. Unset
-            # it there too: a closed scope left set would turn a later `with
-            # AsyncSingleThreadContext()` in this thread into a no-op.
+        if _current_context.get(None) is context:
+            # The usual case: closed where __call__ left the context set.
+            # Unset it there too: a closed context left set would turn a later
+            # `with AsyncSingleThreadContext()` in this thread into a no-op.
+            token = context.token
             try:
                 original(self)
             finally:
-                scope.close()
-                token, scope.token = scope.token, None
+                context.close()
                 if token is not None:
-                    scope.deactivate(token)
-                _unhook_file_to_stream(self)
+                    context.token = None
+                    _unset(token)
+                if isinstance(self, _FileResponse):
+                    _unhook_file_to_stream(self)
             return
-        token = scope.activate()
+        token = _current_context.set(context)
         try:
             original(self)
         finally:
-            scope.deactivate(token)
-            scope.close()
-            _unhook_file_to_stream(self)
+            _unset(token)
+            context.close()
+            if isinstance(self, _FileResponse):
+                _unhook_file_to_stream(self)
 
     return close
 
@@ -229,12 +242,13 @@ _patches: list[_Patch] = []
 def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
     from django.contrib.staticfiles.handlers import StaticFilesHandlerMixin
     from django.core.handlers.wsgi import WSGIHandler
-    from django.http.response import HttpResponseBase
+    from django.http.response import FileResponse, HttpResponseBase
     from django.test.client import ClientHandler
     from django.test.testcases import FSFilesHandler
 
-    global _HttpResponseBase
+    global _HttpResponseBase, _FileResponse
     _HttpResponseBase = HttpResponseBase
+    _FileResponse = FileResponse
     return [
         (HttpResponseBase, "close", _wrap_close),
         (WSGIHandler, "__call__", _wrap_call),
