@@ -35,6 +35,7 @@ from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
+from asgiref_loopshare import _current_executor
 from asgiref_loopshare._loop import Call, LoopExecutor, get_settings, is_shared_loop
 
 __all__ = [
@@ -290,9 +291,9 @@ def _call_on_shared_loop(
 
     call_result: _CallResult[_R] = _CallResult()
     # Idle in this thread for thread-sensitive sync_to_async calls, as stock.
-    old_executor = getattr(AsyncToSync.executors, "current", None)
+    old_executor = _current_executor.get_current()
     current_executor = CurrentThreadExecutor(old_executor)
-    AsyncToSync.executors.current = current_executor
+    _current_executor.set_current(current_executor)
     context = [contextvars.copy_context()]
     # main_wrap re-raises the caller's exception in the coroutine, which
     # appends main_wrap's frame to its traceback: exception -> traceback ->
@@ -313,7 +314,13 @@ def _call_on_shared_loop(
             context,
             coroutine,
         )
-        call = executor.start_call(_loop_wrap(awaitable, current_executor))
+        # The task starts from a copy of this context: main_wrap's
+        # _restore_context then finds most variables already equal. A fresh
+        # context (what stock's new thread gives) ends up with the same
+        # values, after a LookupError raised and caught per variable.
+        call = executor.start_call(
+            _loop_wrap(awaitable, current_executor), context[0].copy()
+        )
         guard = _SigintGuard.for_call(executor)
         if guard is not None:
             outer_wait, guard.waiting = guard.waiting, (call, executor)
@@ -347,7 +354,7 @@ def _call_on_shared_loop(
             raise
     finally:
         _restore_context(context[0])
-        AsyncToSync.executors.current = old_executor
+        _current_executor.set_current(old_executor)
         if handled is not None:
             handled.__traceback__ = handled_traceback
         # thread_handler, run in this thread by the CurrentThreadExecutor,

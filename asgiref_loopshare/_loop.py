@@ -258,10 +258,16 @@ class CallDone:
 class Call:
     """One coroutine started on a `LoopExecutor`; ``done`` resolves when it ends."""
 
-    __slots__ = ("cancel_requested", "coro", "done", "drive", "task")
+    __slots__ = ("cancel_requested", "context", "coro", "done", "drive", "task")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], context: contextvars.Context | None
+    ) -> None:
         self.coro = coro
+        # What the call's task runs in: given, or a fresh, empty context, as
+        # asyncio.run's main task gets in a new thread. Nothing leaks from
+        # one call to the next either way.
+        self.context = contextvars.Context() if context is None else context
         self.done = CallDone()
         self.task: asyncio.Task[Any] | None = None
         self.drive: _Drive | None = None
@@ -348,9 +354,7 @@ class _Runner:
         assert loop is not None
         coro = self.drive_calls(first)
         try:
-            # A fresh, empty context per call, as asyncio.run's main task
-            # gets in a new thread: nothing leaks from one call to the next.
-            driver = _compat.create_task(loop, coro, contextvars.Context())
+            driver = _compat.create_task(loop, coro, first.context)
         except BaseException as exc:
             coro.close()
             self.fail_inflight(exc)
@@ -405,9 +409,7 @@ class _Runner:
         if call.cancel_requested:
             self.finish_call(call, asyncio.CancelledError())
             return
-        task = _compat.create_task(
-            self.loop, self.run_call(call), contextvars.Context()
-        )
+        task = _compat.create_task(self.loop, self.run_call(call), call.context)
         call.task = task
         self.call_tasks.add(task)
         task.add_done_callback(functools.partial(self.on_injected_done, call))
@@ -625,10 +627,18 @@ class LoopExecutor(Executor):
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self._runner.loop
 
-    def start_call(self, coro: Coroutine[Any, Any, Any]) -> Call:
-        """Run *coro* on the loop, concurrently with other calls in flight."""
+    def start_call(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context | None = None,
+    ) -> Call:
+        """Run *coro* on the loop, concurrently with other calls in flight.
+
+        Its task runs in *context* (not shared with any other call), by
+        default a fresh, empty one.
+        """
         runner = self._runner
-        call = Call(coro)
+        call = Call(coro, context)
         with runner.lock:
             worker = runner.open_locked()
             runner.calls.add(call)
