@@ -61,7 +61,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -72,6 +71,15 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import IO
+
+from _sdists import (
+    DJANGO_MODULES,
+    DJANGO_MODULES_6,
+    SdistError,
+    extract_all,
+    pip_download_command,
+    single_child,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -122,30 +130,10 @@ DJANGO_SUITE_CELLS = (("5.2", "3.12"), ("6.1", "3.13"))
 DJANGO_CELL_PACKAGES = ("redis>=5", "gunicorn", "waitress", "flask")
 #: Test directories that need a web framework: run in the Django cells only.
 FRAMEWORK_TEST_GLOBS = ("django*", "flask")
-#: Django's own test modules on the request path (where async_to_sync runs
-#: under WSGI), plus the 6.x tasks framework.
-DJANGO_SUITE_MODULES = (
-    "handlers",
-    "wsgi",
-    "builtin_server",
-    "servers",
-    "asgi",
-    "async",
-    "signals",
-    "dispatch",
-    "middleware_exceptions",
-    "middleware",
-    "requests_tests",
-    "responses",
-    "httpwrappers",
-    "test_client",
-    "test_client_regress",
-    "decorators",
-    "view_tests",
-    "generic_views",
-    "staticfiles_tests",
-)
-DJANGO_SUITE_MODULES_6 = ("tasks",)
+#: Django's own test modules on the request path, plus the 6.x tasks framework
+#: (shared with upstream/check.py).
+DJANGO_SUITE_MODULES = DJANGO_MODULES
+DJANGO_SUITE_MODULES_6 = DJANGO_MODULES_6
 #: What tests/requirements/py3.txt lists that these modules use; found by
 #: running them with -v 2 and reading the skip reasons. Django itself brings
 #: asgiref and sqlparse; tblib lets --parallel report tracebacks; jinja2 runs
@@ -381,45 +369,18 @@ def _extract(tarball: Path) -> Path:
     """Extract an sdist next to itself once; the directory it contains."""
     dest = SDISTS / tarball.name[: -len(".tar.gz")]
     if (dest / ".extracted").is_file():
-        return _single_child(dest)
+        return single_child(dest)
     shutil.rmtree(dest, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=SDISTS, prefix=".extract-"))
-    with tarfile.open(tarball) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(tmp, filter="data")
-        else:  # Python < 3.11.4 / 3.12: sdists from PyPI, paths checked
-            for member in tar.getmembers():
-                if member.name.startswith("/") or ".." in Path(member.name).parts:
-                    raise SetupError(f"unsafe path {member.name!r} in {tarball}")
-            tar.extractall(tmp)
+    extract_all(tarball, tmp)
     (tmp / ".extracted").write_text(tarball.name + "\n")
     os.replace(tmp, dest)
-    return _single_child(dest)
-
-
-def _single_child(dest: Path) -> Path:
-    dirs = [p for p in dest.iterdir() if p.is_dir()]
-    if len(dirs) != 1:
-        raise SetupError(f"{dest}: expected one top-level directory, found {dirs}")
-    return dirs[0]
+    return single_child(dest)
 
 
 def _pip_download(python: str, requirement: str) -> Path:
     """``pip download --no-deps --no-binary :all: REQ`` into SDISTS; the file."""
-    code, out = capture(
-        [
-            python,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "-d",
-            str(SDISTS),
-            requirement,
-        ]
-    )
+    code, out = capture(pip_download_command(python, requirement, SDISTS))
     names: list[str] = re.findall(r"([\w.\-]+-[0-9][\w.]*\.tar\.gz)", out)
     if code != 0 or not names:
         raise SetupError(f"pip download {requirement} failed:\n{out[-3000:]}")
@@ -1156,7 +1117,7 @@ def main(argv: Sequence[str]) -> int:
         say(note)
     try:
         ctx, prep_notes = prepare(runnable, pythons, args.django_baseline)
-    except SetupError as exc:
+    except (SetupError, SdistError) as exc:
         say(f"SETUP FAILED: {exc}", "0 passed, 1 failed")
         return 1
     for note in prep_notes:

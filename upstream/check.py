@@ -34,12 +34,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# The Django test modules and the sdist helpers, shared with tests/run.py.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+import _sdists
+from _sdists import SdistError
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path.home() / ".cache" / "asgiref-loopshare"
@@ -63,28 +67,8 @@ DJANGO_PATCH = (
 #: tblib lets --parallel report tracebacks, jinja2 runs a generic_views test).
 ASGIREF_TEST_PACKAGES = ("pytest", "pytest-asyncio", "pytest-timeout", "packaging")
 DJANGO_TEST_PACKAGES = ("sqlparse", "tblib", "jinja2")
-DJANGO_MODULES = (
-    "handlers",
-    "wsgi",
-    "builtin_server",
-    "servers",
-    "asgi",
-    "async",
-    "signals",
-    "dispatch",
-    "middleware_exceptions",
-    "middleware",
-    "requests_tests",
-    "responses",
-    "httpwrappers",
-    "test_client",
-    "test_client_regress",
-    "decorators",
-    "view_tests",
-    "generic_views",
-    "staticfiles_tests",
-    "tasks",
-)
+#: Django's test modules on the request path, and 6.x's tasks framework.
+DJANGO_MODULES = (*_sdists.DJANGO_MODULES, *_sdists.DJANGO_MODULES_6)
 #: Django tests that fail WITHOUT the patches too (Django's own or this
 #: machine's), as "test id" -> evidence. They are reported, not counted.
 #: Evidence, Nov 2026: ``python upstream/check.py --baseline`` (stock Django
@@ -190,21 +174,7 @@ def download_sdist(python: str, name: str, version: str) -> Path:
         if pattern.fullmatch(path.name):
             say(f"{name} {version}: using {path}")
             return path
-    result = run(
-        [
-            python,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(SDISTS),
-            f"{name}=={version}",
-        ]
-    )
+    result = run(_sdists.pip_download_command(python, f"{name}=={version}", SDISTS))
     require_ok(result, f"downloading the {name} {version} sdist")
     for path in SDISTS.iterdir():
         if pattern.fullmatch(path.name):
@@ -213,13 +183,8 @@ def download_sdist(python: str, name: str, version: str) -> Path:
 
 
 def extract(sdist: Path, into: Path) -> Path:
-    with tarfile.open(sdist) as archive:
-        if sys.version_info >= (3, 12):
-            archive.extractall(into, filter="data")
-        else:  # pragma: no cover - the filter argument is new in 3.12
-            archive.extractall(into)
-    (tree,) = [path for path in into.iterdir() if path.is_dir()]
-    return tree
+    _sdists.extract_all(sdist, into)
+    return _sdists.single_child(into)
 
 
 def apply_patch(tree: Path, patch: Path) -> None:
@@ -459,7 +424,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         results = check(args.baseline)
-    except CheckError as exc:
+    except (CheckError, SdistError) as exc:
         say(f"\nERROR: {exc}")
         say("0 passed, 1 failed")
         return 1
