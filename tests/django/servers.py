@@ -63,7 +63,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 class RedisServer:
-    """A private redis-server on 127.0.0.1 (no persistence)."""
+    """A private redis-server on 127.0.0.1 and a free port (no persistence).
+
+    Also the ``redis_server`` fixture of ``tests/flask``. Stopped by its user
+    with ``stop``; stopped here if it does not start.
+    """
 
     def __init__(self) -> None:
         binary = redis_server_binary() or "redis-server"
@@ -80,7 +84,11 @@ class RedisServer:
         import redis
 
         self.admin = redis.Redis(port=self.port, socket_timeout=REQUEST_TIMEOUT)
-        wait_until(self._pings, START_TIMEOUT, "redis-server")
+        try:
+            wait_until(self._pings, START_TIMEOUT, "redis-server")
+        except BaseException:
+            self.stop()
+            raise
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def _pings(self) -> bool:

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +21,7 @@ if tuple(int(p) for p in importlib.metadata.version("flask").split(".")[:2]) < (
 from flask import Flask, Response
 
 import asgiref_loopshare
+from tests.django.servers import RedisServer, redis_server_binary
 from tests.wsgi_helpers import ServerThread
 
 
@@ -120,74 +116,15 @@ def server_thread() -> Iterator[ServerThread]:
     server.stop()
 
 
-# -- redis
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A private redis-server on 127.0.0.1 and a free port, no persistence."""
-
-    def __init__(self, binary: str) -> None:
-        import redis
-
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.admin = redis.Redis(port=self.port, socket_timeout=15)
-        deadline = time.monotonic() + 30  # a hang guard, not a measurement
-        while not self._pings():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    def _pings(self) -> bool:
-        try:
-            return bool(self.admin.ping())
-        except Exception:
-            return False
-
-    def connections_received(self) -> int:
-        return int(self.admin.info("stats")["total_connections_received"])
-
-    def connected_clients(self) -> int:
-        """Clients connected now, not counting the admin connection."""
-        return int(self.admin.info("clients")["connected_clients"]) - 1
-
-    def stop(self) -> None:
-        self.admin.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+# -- redis (the Django tests' redis-server helper)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     pytest.importorskip("redis", minversion="5")
-    binary = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-    )
-    if binary is None:
+    if redis_server_binary() is None:
         pytest.skip("needs redis-server (Debian package redis-server)")
-    server = RedisServer(binary)
+    server = RedisServer()
     yield server
     server.stop()
 
