@@ -57,7 +57,6 @@ stock_call: Callable[..., Any] = AsyncToSync.__call__
 # 3.12+ also re-homes asgiref.local storage. Same name in 3.10 - 3.13.
 _restore_context: Callable[[contextvars.Context], None] = _asgiref_sync._restore_context
 
-_THREADLOCAL_NAMES = ("main_event_loop", "main_event_loop_pid", "task_context")
 _MISSING = object()
 
 # Contexts whose shared loop has been closed. A call made while such a
@@ -299,18 +298,22 @@ def _call_on_shared_loop(
     # appends main_wrap's frame to its traceback: exception -> traceback ->
     # frame -> exception, a cycle (Django's async streaming hits it). Give the
     # exception its traceback back afterwards.
-    handled = sys.exc_info()[1]
+    exc_info = sys.exc_info()
+    handled = exc_info[1]
     handled_traceback = handled.__traceback__ if handled is not None else None
     # This thread's dict of SyncToAsync.threadlocal: no AttributeError raised
     # and caught per missing name, as getattr/hasattr on a threading.local do.
     threadlocal = SyncToAsync.threadlocal.__dict__
-    saved = {name: threadlocal.get(name, _MISSING) for name in _THREADLOCAL_NAMES}
+    saved_loop = threadlocal.get("main_event_loop", _MISSING)
+    saved_pid = threadlocal.get("main_event_loop_pid", _MISSING)
+    saved_task_context = threadlocal.get("task_context", _MISSING)
+    task_context = None if saved_task_context is _MISSING else saved_task_context
     try:
         coroutine = self.awaitable(*args, **kwargs)
         awaitable = self.main_wrap(
             call_result,  # type: ignore[arg-type]
-            sys.exc_info(),
-            saved["task_context"] if saved["task_context"] is not _MISSING else None,
+            exc_info,
+            task_context,
             context,
             coroutine,
         )
@@ -360,12 +363,21 @@ def _call_on_shared_loop(
         # thread_handler, run in this thread by the CurrentThreadExecutor,
         # pointed the threadlocal at the shared loop; that loop is idle once
         # this call returns, so a later call scheduled there would wait forever.
-        for name, value in saved.items():
-            if value is _MISSING:
-                threadlocal.pop(name, None)
-            else:
-                threadlocal[name] = value
+        if (
+            threadlocal.get("main_event_loop", _MISSING) is not saved_loop
+            or threadlocal.get("task_context", _MISSING) is not saved_task_context
+        ):
+            _put_back(threadlocal, "main_event_loop", saved_loop)
+            _put_back(threadlocal, "main_event_loop_pid", saved_pid)
+            _put_back(threadlocal, "task_context", saved_task_context)
     return call_result.result()
+
+
+def _put_back(namespace: dict[str, Any], name: str, value: object) -> None:
+    if value is _MISSING:
+        namespace.pop(name, None)
+    else:
+        namespace[name] = value
 
 
 class _SigintGuard:
