@@ -406,7 +406,7 @@ class _SigintGuard:
     Through ``_signal``, the C functions behind ``signal.signal`` and
     ``signal.getsignal``: their Python wrappers convert handlers to and from
     ``signal.Handlers`` by raising and catching a ValueError for every
-    function handler - 4 of the ~11 µs a context on the main thread paid.
+    function handler, ~11 µs per context on the main thread against ~0.5 µs.
     """
 
     __slots__ = ("__weakref__", "interrupted", "waiting")

@@ -29,9 +29,9 @@ Django consumes an async streaming body with ``async_to_sync`` only then. The
 next request's context replaces it; a closed one left set behaves as stock
 asgiref (see `asgiref_loopshare.LoopScope`).
 
-Per request this costs two context-variable sets, one small object and a few
-attribute writes (no ``threading.local``: each access to one costs as much as
-the rest together), so a WSGI-only request stays within noise of stock.
+Per request this costs one context-variable set and reset, one small object and
+a few attribute writes. No ``threading.local``: each access to one costs about
+1.5k instructions (callgrind), and keeping the request's state in one took eight.
 """
 
 from __future__ import annotations
