@@ -3,7 +3,7 @@ test modules to run, and how an sdist is downloaded and extracted.
 
 Standard library only: both scripts run under the system Python before any venv
 exists. ``tests/run.py`` imports it from its own directory; ``upstream/check.py``
-puts ``tests/`` on ``sys.path`` first.
+appends ``tests/`` to ``sys.path`` before importing it.
 """
 
 from __future__ import annotations
