@@ -9,7 +9,7 @@ import pytest
 from asgiref import sync as asgiref_sync
 
 import asgiref_loopshare
-from asgiref_loopshare import _loop
+from asgiref_loopshare import LoopScope, _loop
 from asgiref_loopshare import sync as loopshare_sync
 
 AsyncToSyncFactory = Callable[..., Callable[..., Any]]
@@ -46,3 +46,13 @@ def _restore_settings() -> Iterator[None]:
 
 async def loop_and_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
     return asyncio.get_running_loop(), threading.current_thread()
+
+
+def loop_in(scope: LoopScope) -> asyncio.AbstractEventLoop:
+    """The loop an ``async_to_sync`` call gets with *scope* active."""
+    token = scope.activate()
+    try:
+        loop, _ = asgiref_sync.async_to_sync(loop_and_thread)()
+        return loop
+    finally:
+        scope.deactivate(token)

@@ -15,7 +15,7 @@ import pytest
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
 
 from asgiref_loopshare import LoopScope
-from tests.conftest import AsyncToSyncFactory, loop_and_thread
+from tests.conftest import AsyncToSyncFactory, loop_and_thread, loop_in
 
 main_thread_only = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
@@ -208,7 +208,6 @@ def test_context_exited_on_another_thread_raises_as_stock_and_still_tears_down(
 
 
 def test_on_close_callbacks_run_on_the_scopes_loop_last_first(installed: None) -> None:
-    from asgiref.sync import async_to_sync
 
     scope = LoopScope()
     seen: list[tuple[str, asyncio.AbstractEventLoop, bool]] = []
@@ -222,11 +221,7 @@ def test_on_close_callbacks_run_on_the_scopes_loop_last_first(installed: None) -
 
     scope.on_close(recorder("first"))
     scope.on_close(recorder("second"))
-    token = scope.activate()
-    try:
-        loop, _ = async_to_sync(loop_and_thread)()
-    finally:
-        scope.deactivate(token)
+    loop = loop_in(scope)
     scope.close()
     assert seen == [("second", loop, False), ("first", loop, False)]
     assert loop.is_closed()
@@ -251,7 +246,6 @@ def test_on_close_does_not_start_a_loop_for_a_scope_that_never_ran(
 def test_failing_on_close_callback_is_logged_and_teardown_still_happens(
     installed: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from asgiref.sync import async_to_sync
 
     scope = LoopScope()
     ran: list[str] = []
@@ -264,11 +258,7 @@ def test_failing_on_close_callback_is_logged_and_teardown_still_happens(
 
     scope.on_close(fine)
     scope.on_close(broken)
-    token = scope.activate()
-    try:
-        loop, _ = async_to_sync(loop_and_thread)()
-    finally:
-        scope.deactivate(token)
+    loop = loop_in(scope)
     scope.close()
     assert ran == ["fine"]
     assert loop.is_closed()

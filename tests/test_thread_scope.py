@@ -16,23 +16,11 @@ from asgiref.sync import async_to_sync
 
 from asgiref_loopshare import LoopScope
 from asgiref_loopshare._thread_scope import close_thread_scope, thread_scope
+from tests.conftest import loop_and_thread, loop_in
 
 _T = TypeVar("_T")
 
 pytestmark = pytest.mark.usefixtures("installed")
-
-
-async def running_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
-
-
-def loop_in(scope: LoopScope) -> asyncio.AbstractEventLoop:
-    """The loop an ``async_to_sync`` call gets with *scope* active."""
-    token = scope.activate()
-    try:
-        return async_to_sync(running_loop)()
-    finally:
-        scope.deactivate(token)
 
 
 def loop_workers() -> set[threading.Thread]:
@@ -219,8 +207,8 @@ def test_calls_while_a_closed_thread_scope_is_active_behave_as_stock(
     token = main_thread_scope.activate()
     try:
         close_thread_scope()
-        first = async_to_sync(running_loop)()
-        second = async_to_sync(running_loop)()
+        first, _ = async_to_sync(loop_and_thread)()
+        second, _ = async_to_sync(loop_and_thread)()
     finally:
         main_thread_scope.deactivate(token)
     assert first is not second  # a loop per call, as asgiref does
