@@ -1,5 +1,6 @@
 """What ``tests/run.py`` and ``upstream/check.py`` share: which of Django's own
-test modules to run, and how an sdist is downloaded and extracted.
+test modules to run, how an sdist is downloaded and extracted, and how a
+pytest JUnit report is counted.
 
 Standard library only: both scripts run under the system Python before any venv
 exists. ``tests/run.py`` imports it from its own directory; ``upstream/check.py``
@@ -9,6 +10,7 @@ appends ``tests/`` to ``sys.path`` before importing it.
 from __future__ import annotations
 
 import tarfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 #: Django's own test modules on the request path (where async_to_sync runs
@@ -77,3 +79,29 @@ def single_child(directory: Path) -> Path:
     if len(dirs) != 1:
         raise SdistError(f"{directory}: expected one top-level directory, found {dirs}")
     return dirs[0]
+
+
+def junit_outcomes(
+    path: Path, id_separator: str
+) -> tuple[int, int, int, list[str]] | None:
+    """(passed, failed, skipped, failed test ids) of a pytest ``--junitxml``
+    report, or ``None`` if it cannot be read. A test id is the case's
+    classname and name joined by *id_separator*."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    passed = failed = skipped = 0
+    failures: list[str] = []
+    for case in root.iter("testcase"):
+        tags = {child.tag for child in case}
+        if tags & {"failure", "error"}:
+            failed += 1
+            failures.append(
+                f"{case.get('classname', '')}{id_separator}{case.get('name', '')}"
+            )
+        elif "skipped" in tags:
+            skipped += 1
+        else:
+            passed += 1
+    return passed, failed, skipped, failures

@@ -65,7 +65,6 @@ import tempfile
 import threading
 import time
 import traceback
-import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -77,6 +76,7 @@ from _sdists import (
     DJANGO_MODULES_6,
     SdistError,
     extract_all,
+    junit_outcomes,
     pip_download_command,
     single_child,
 )
@@ -555,22 +555,8 @@ class CellResult:
 
 
 def junit_counts(path: Path) -> Counts | None:
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return None
-    counts = Counts()
-    for case in root.iter("testcase"):
-        tags = {child.tag for child in case}
-        test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
-        if tags & {"failure", "error"}:
-            counts.failed += 1
-            counts.failures.append(test_id)
-        elif "skipped" in tags:
-            counts.skipped += 1
-        else:
-            counts.passed += 1
-    return counts
+    outcomes = junit_outcomes(path, "::")
+    return None if outcomes is None else Counts(*outcomes)
 
 
 _RAN = re.compile(r"^Ran (\d+) tests? in ", re.M)

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,16 +280,12 @@ def asgiref_suite(vpy: str, tree: Path, name: str) -> Result:
             f"{result.stderr[-500:]}"
         )
         return outcome
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        test_id = f"{case.get('classname')}.{case.get('name')}"
-        tags = {child.tag for child in case}
-        if tags & {"failure", "error"}:
-            outcome.failed += 1
-            outcome.failures.append(test_id)
-        elif "skipped" in tags:
-            outcome.skipped += 1
-        else:
-            outcome.passed += 1
+    outcomes = _sdists.junit_outcomes(junit, ".")
+    if outcomes is None:
+        outcome.failed = 1
+        outcome.error = f"pytest's report {junit} cannot be read"
+        return outcome
+    outcome.passed, outcome.failed, outcome.skipped, outcome.failures = outcomes
     if result.returncode != 0 and not outcome.failed:
         outcome.failed = 1
         outcome.error = f"pytest exited with {result.returncode}"
