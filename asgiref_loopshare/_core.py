@@ -23,7 +23,6 @@ import contextvars
 import importlib
 import inspect
 import logging
-import os
 import signal
 import sys
 import threading
@@ -37,7 +36,13 @@ from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
 from asgiref_loopshare import _current_executor
-from asgiref_loopshare._loop import Call, LoopExecutor, get_settings, is_shared_loop
+from asgiref_loopshare._loop import (
+    Call,
+    LoopExecutor,
+    current_pid,
+    get_settings,
+    is_shared_loop,
+)
 
 __all__ = [
     "ContextExecutor",
@@ -184,7 +189,7 @@ def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None
         # no AttributeError (getattr with a default still builds one).
         threadlocal = SyncToAsync.threadlocal.__dict__
         pid = threadlocal.get("main_event_loop_pid")
-        if pid and pid == os.getpid():
+        if pid and pid == current_pid():
             loop = threadlocal.get("main_event_loop")
     if loop is None or loop.is_closed() or not loop.is_running():
         # A genuine outer loop is running: it awaits the sync_to_async future

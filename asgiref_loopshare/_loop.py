@@ -18,6 +18,7 @@ current event loop is cleared at teardown.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import atexit
 import contextlib
@@ -168,6 +169,9 @@ class _WorkerPool:
 
 
 _pool = _WorkerPool()
+#: This process's id, kept current by `_reset_after_fork`: ``os.getpid()`` is
+#: a system call, and a context asked it at every call and at its exit.
+_pid = os.getpid()
 
 
 def _close_pool_at_exit() -> None:
@@ -176,8 +180,14 @@ def _close_pool_at_exit() -> None:
 
 def _reset_after_fork() -> None:
     # The parent's workers do not exist in the child: start from nothing.
-    global _pool
+    global _pool, _pid
     _pool = _WorkerPool()
+    _pid = os.getpid()
+
+
+def current_pid() -> int:
+    """``os.getpid()``, without a system call (updated in a forked child)."""
+    return _pid
 
 
 atexit.register(_close_pool_at_exit)
@@ -296,7 +306,9 @@ class _Runner:
         self.settings = settings
         self.lock = threading.Lock()
         self.state = _State.IDLE
-        self.pid = os.getpid()
+        self.pid = _pid
+        # Whether the worker has made self.loop its current loop yet.
+        self.bound = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.worker: _Worker | None = None
         self.base_context = contextvars.Context()
@@ -313,7 +325,7 @@ class _Runner:
     def open_locked(self) -> _Worker:
         if self.state is _State.CLOSED:
             raise RuntimeError("asgiref-loopshare: this context's event loop is closed")
-        if self.pid != os.getpid():
+        if self.pid != _pid:
             raise RuntimeError(
                 "asgiref-loopshare: this context's event loop belongs to the parent "
                 "process"
@@ -327,7 +339,6 @@ class _Runner:
             self.loop = loop
             self.worker = _pool.acquire()
             self.state = _State.OPEN
-            self.worker.jobs.put(self.job(self.bind_loop))
         assert self.worker is not None
         return self.worker
 
@@ -347,11 +358,15 @@ class _Runner:
         return task
 
     def bind_loop(self) -> None:
+        """Make the loop the worker's current one (first job only)."""
+        self.bound = True
         asyncio.set_event_loop(self.loop)
 
     def drive(self, first: Call) -> None:
         loop = self.loop
         assert loop is not None
+        if not self.bound:
+            self.bind_loop()
         coro = self.drive_calls(first)
         try:
             driver = _compat.create_task(loop, coro, first.context)
@@ -481,6 +496,8 @@ class _Runner:
     def run_job(
         self, future: Future[_T], fn: Callable[..., _T], args: Any, kwargs: Any
     ) -> None:
+        if not self.bound:
+            self.bind_loop()
         if not future.set_running_or_notify_cancel():
             return
         try:
@@ -494,7 +511,8 @@ class _Runner:
             if self.loop is not None and not self.loop.is_closed():
                 asyncio.set_event_loop(self.loop)
 
-    def teardown(self, done: Future[None] | None) -> None:
+    def teardown(self, done: _thread.LockType | None) -> None:
+        """Close the loop and return the worker; then release *done*, if given."""
         loop, worker = self.loop, self.worker
         try:
             if loop is not None and not loop.is_closed():
@@ -516,7 +534,7 @@ class _Runner:
             if worker is not None:
                 _pool.release(worker)
             if done is not None:
-                _resolve(done, None)
+                done.release()
 
     async def shutdown_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -555,7 +573,7 @@ class _Runner:
     def abandon(self, owner: weakref.ref[LoopExecutor]) -> None:
         _owners.discard(owner)
         with self.lock:
-            if self.state is not _State.OPEN or self.pid != os.getpid():
+            if self.state is not _State.OPEN or self.pid != _pid:
                 self.state = _State.CLOSED
                 return
             self.state = _State.CLOSED
@@ -578,15 +596,6 @@ def _has_work_left(loop: asyncio.AbstractEventLoop) -> bool:
         or getattr(loop, "_default_executor", True) is not None
         or asyncio.all_tasks(loop)
     )
-
-
-def _resolve(future: Future[None], exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)
 
 
 #: Weak references to live executors, with `_Runner.abandon` as callback.
@@ -621,7 +630,7 @@ class LoopExecutor(Executor):
     @property
     def forked(self) -> bool:
         """Whether this executor was created in another (parent) process."""
-        return self._runner.pid != os.getpid()
+        return self._runner.pid != _pid
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -678,14 +687,17 @@ class LoopExecutor(Executor):
         _owners.discard(self._owner)
         with runner.lock:
             state, runner.state = runner.state, _State.CLOSED
-            if state is not _State.OPEN or runner.pid != os.getpid():
+            if state is not _State.OPEN or runner.pid != _pid:
                 return
             worker = runner.worker
         assert worker is not None
-        done: Future[None] = Future()
+        # A bare lock, released by the worker: a Future would build a
+        # Condition (~4 us a context) to signal this one event.
+        done = threading.Lock()
+        done.acquire()
         worker.jobs.put(runner.job(functools.partial(runner.teardown, done)))
         if wait and threading.current_thread() is not worker.thread:
-            done.result()
+            done.acquire()
 
 
 def idle_workers() -> int:
