@@ -35,7 +35,7 @@ from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
-from asgiref_loopshare import _current_executor
+from asgiref_loopshare import _current_executor, _handoff
 from asgiref_loopshare._loop import (
     Call,
     LoopExecutor,
@@ -86,7 +86,7 @@ class ContextExecutor(LoopExecutor):
     """The `LoopExecutor` of one ``AsyncSingleThreadContext``."""
 
     def __init__(self, context: AsyncSingleThreadContext) -> None:
-        super().__init__()
+        super().__init__(default_loop_factory=_handoff.new_event_loop)
         self._context = weakref.ref(context)
         self.sigint_guard: _SigintGuard | None = None
 

@@ -61,7 +61,9 @@ class Settings:
     executor_timeout: float = 30.0
     #: Upper bound on idle worker threads kept for reuse.
     max_idle_workers: int = 32
-    #: Creates each context's loop; ``None`` means ``asyncio.new_event_loop``.
+    #: Creates each context's loop. ``None``: what ``asyncio.new_event_loop``
+    #: makes, as a ``SharedEventLoop`` under asyncio's default policy (see
+    #: `asgiref_loopshare._handoff`).
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
 
 
@@ -302,8 +304,15 @@ class _Drive:
 class _Runner:
     """The state an executor shares with its worker jobs and its finalizer."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        default_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    ) -> None:
         self.settings = settings
+        self.loop_factory = (
+            settings.loop_factory or default_loop_factory or asyncio.new_event_loop
+        )
         self.lock = threading.Lock()
         self.state = _State.IDLE
         self.pid = _pid
@@ -331,8 +340,7 @@ class _Runner:
                 "process"
             )
         if self.state is _State.IDLE:
-            factory = self.settings.loop_factory or asyncio.new_event_loop
-            loop = factory()
+            loop = self.loop_factory()
             # typeshed's _TaskFactory protocol has no **kwargs (3.11+ pass context=).
             loop.set_task_factory(self.task_factory)  # type: ignore[arg-type]
             _shared_loops.add(loop)
@@ -610,8 +618,14 @@ class LoopExecutor(Executor):
     dropped without `shutdown` is torn down the same way, without waiting.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self._runner = _Runner(settings or _settings)
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        default_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
+        """Without ``settings.loop_factory``, *default_loop_factory* makes the loop."""
+        self._runner = _Runner(settings or _settings, default_loop_factory)
         # Not weakref.finalize: that costs more per context and would also run
         # at interpreter exit, where daemon workers are simply left to die.
         # The ref lives in a module-level set, not on the runner: the runner

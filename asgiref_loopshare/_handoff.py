@@ -1,0 +1,170 @@
+"""The shared loop's hand-off to asgiref's ``CurrentThreadExecutor``.
+
+A thread-sensitive ``sync_to_async`` awaited inside a call runs its function
+back on the calling thread: ``loop.run_in_executor(current_thread_executor,
+...)``. asyncio builds that from ``executor.submit``, which returns a
+``concurrent.futures.Future`` (a Condition, taken three times per hand-off),
+and ``wrap_future``, which chains a second, asyncio future to it in both
+directions. Django pays it twice per request for every ``MiddlewareMixin``
+running in async mode.
+
+`SharedEventLoop`, the loop a context gets unless ``Settings.loop_factory``
+says otherwise, keeps asyncio's loop as it is except for that case: its
+``run_in_executor`` queues asgiref's own work item on the executor, as
+``CurrentThreadExecutor.submit`` does (same checks, same walk to an older
+executor, same errors), and the work item resolves one asyncio future through
+``call_soon_threadsafe``, as the chained callbacks would. Every other executor,
+and debug mode, take asyncio's own path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asgiref import current_thread_executor as _cte_module
+from asgiref.current_thread_executor import CurrentThreadExecutor
+
+__all__ = ["SharedEventLoop", "new_event_loop"]
+
+_T = TypeVar("_T")
+
+
+def _convert_exception(exc: BaseException) -> BaseException:
+    """What asyncio's ``wrap_future`` turns a concurrent.futures error into."""
+    exc_class = type(exc)
+    if exc_class is concurrent.futures.CancelledError:
+        return asyncio.CancelledError(*exc.args)
+    if exc_class is concurrent.futures.TimeoutError:
+        return asyncio.TimeoutError(*exc.args)
+    if exc_class is concurrent.futures.InvalidStateError:
+        return asyncio.InvalidStateError(*exc.args)
+    return exc
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.cancelled():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.cancelled():
+        future.set_exception(_convert_exception(exc))
+
+
+class _LoopFutureSetter:
+    """The part of a ``concurrent.futures.Future`` that asgiref's work item uses.
+
+    Called on the executor's thread. A cancelled asyncio future means the
+    work item does not run, as when asyncio cancels the chained future; a
+    result for a loop closed meanwhile is dropped, as asyncio does.
+    """
+
+    __slots__ = ("future", "loop")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+    ) -> None:
+        self.loop = loop
+        self.future = future
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.cancelled()
+
+    def set_result(self, result: object) -> None:
+        self._deliver(_set_result, result)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._deliver(_set_exception, exc)
+
+    def _deliver(
+        self, setter: Callable[[asyncio.Future[Any], Any], None], value: Any
+    ) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return
+        try:  # noqa: SIM105 - contextlib.suppress() costs more, per hand-off
+            loop.call_soon_threadsafe(setter, self.future, value)
+        except RuntimeError:  # closed meanwhile
+            pass
+
+
+def _supported() -> bool:
+    """Whether asgiref's CurrentThreadExecutor has the shape this module uses.
+
+    Identical in asgiref 3.10 - 3.13; anything else takes asyncio's path.
+    """
+    if sys.platform == "win32" or not hasattr(_cte_module, "_WorkItem"):
+        return False
+    executor = CurrentThreadExecutor(None)
+    return (
+        isinstance(getattr(executor, "_work_thread", None), threading.Thread)
+        and hasattr(getattr(executor, "_work_ready", None), "notify")
+        and hasattr(getattr(executor, "_work_items", None), "append")
+        and getattr(executor, "_broken", None) is False
+        and hasattr(executor, "_old_executor")
+    )
+
+
+_SUPPORTED = _supported()
+
+
+def _submit(
+    loop: asyncio.AbstractEventLoop,
+    executor: CurrentThreadExecutor,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> asyncio.Future[Any]:
+    """``CurrentThreadExecutor.submit``, resolving an asyncio future instead."""
+    if threading.current_thread() == executor._work_thread:
+        raise RuntimeError(
+            "You cannot submit onto CurrentThreadExecutor from its own thread"
+        )
+    future = loop.create_future()
+    work_item = _cte_module._WorkItem(
+        _LoopFutureSetter(loop, future),  # type: ignore[arg-type]
+        func,
+        *args,
+    )
+    target = executor
+    while True:
+        with target._work_ready:
+            if not target._broken:
+                target._work_items.append(work_item)
+                target._work_ready.notify()
+                return future
+        if target._old_executor is None:
+            raise RuntimeError("CurrentThreadExecutor already quit or is broken")
+        target = target._old_executor
+
+
+class SharedEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, with the cheaper hand-off described above."""
+
+    def run_in_executor(  # type: ignore[override]
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[..., _T],
+        *args: Any,
+    ) -> asyncio.Future[_T]:
+        if type(executor) is CurrentThreadExecutor and not self.get_debug():
+            if self.is_closed():
+                raise RuntimeError("Event loop is closed")
+            return _submit(self, executor, func, args)
+        return super().run_in_executor(executor, func, *args)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A `SharedEventLoop` where asyncio would make its default loop.
+
+    An event loop policy other than asyncio's default (uvloop's, say) is
+    respected: its loop is returned unchanged.
+    """
+    policy = asyncio.get_event_loop_policy()
+    if _SUPPORTED and type(policy) is asyncio.DefaultEventLoopPolicy:
+        return SharedEventLoop()
+    return policy.new_event_loop()
