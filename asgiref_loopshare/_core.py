@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any, Generic, TypeVar
 
-from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
@@ -69,10 +68,6 @@ logger = logging.getLogger("asgiref_loopshare")
 
 #: asgiref's own ``AsyncToSync.__call__``, captured before any patching.
 stock_call: Callable[..., Any] = AsyncToSync.__call__
-
-# asgiref's helper that copies a context's variables into the current one;
-# 3.12+ also re-homes asgiref.local storage. Same name in 3.10 - 3.13.
-_restore_context: Callable[[contextvars.Context], None] = _asgiref_sync._restore_context
 
 _MISSING = object()
 
@@ -307,9 +302,8 @@ def _call_on_shared_loop(
 
     call_result: _CallResult[_R] = _CallResult()
     # Idle in this thread for thread-sensitive sync_to_async calls, as stock.
-    old_executor = _current_executor.get_current()
-    current_executor = CurrentThreadExecutor(old_executor)
-    _current_executor.set_current(current_executor)
+    current_executor = CurrentThreadExecutor(_current_executor.get_current())
+    pushed = _current_executor.push_current(current_executor)
     context = [contextvars.copy_context()]
     # main_wrap re-raises the caller's exception in the coroutine, which
     # appends main_wrap's frame to its traceback: exception -> traceback ->
@@ -373,8 +367,8 @@ def _call_on_shared_loop(
                     unstarted.close()
             raise
     finally:
-        _restore_context(context[0])
-        _current_executor.set_current(old_executor)
+        _current_executor.restore_context(context[0])
+        _current_executor.pop_current(pushed)
         if handled is not None:
             handled.__traceback__ = handled_traceback
         # thread_handler, run in this thread by the CurrentThreadExecutor,

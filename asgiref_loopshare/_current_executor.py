@@ -13,22 +13,40 @@ values, so asgiref and this package keep seeing each other's writes.
 The shape is checked once, by writing through one side and reading through the
 other in a scratch context; an asgiref whose ``Local`` looks different gets
 the plain attribute access.
+
+`push_current` / `pop_current` set the executor for the length of one call
+and put the previous value back with ``ContextVar.reset`` where that is exactly
+what asgiref's ``executors.current = old_executor`` would leave (nothing else
+touched the variable meanwhile); otherwise they write it as asgiref does.
+`restore_context` is asgiref's ``_restore_context`` for the thread that made
+the call: it does not re-home a ``_Storage`` whose data this thread already
+holds (the usual case: a call that set no ``Local``), which would build and
+set an equal storage per ``Local`` per call.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dis
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import asgiref.local
+from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncToSync
 
 #: asgiref 3.12.1+ tags the storage with its owner thread; before, a plain dict.
 _Storage: Any = getattr(asgiref.local, "_Storage", None)
 
-__all__ = ["get_current", "set_current"]
+__all__ = [
+    "get_current",
+    "pop_current",
+    "push_current",
+    "restore_context",
+    "set_current",
+]
 
 _get_ident = threading.get_ident
 
@@ -106,3 +124,91 @@ if _variable is not None and _agrees():
     get_current, set_current = _fast_get, _fast_set
 else:  # pragma: no cover - an asgiref whose Local is built differently
     get_current, set_current = _slow_get, _slow_set
+
+
+class Pushed(NamedTuple):
+    """What `pop_current` needs to undo one `push_current`."""
+
+    old: CurrentThreadExecutor | None
+    #: The token and value of the push, if a reset can undo it exactly.
+    token: contextvars.Token[Any] | None
+    value: object
+
+
+def push_current(executor: CurrentThreadExecutor) -> Pushed:
+    """Make *executor* the current one; return how to undo it."""
+    if get_current is _slow_get:  # pragma: no cover - see above
+        old = _slow_get()
+        _slow_set(executor)
+        return Pushed(old, None, None)
+    assert _variable is not None
+    value = _variable.get(None)
+    ident = _get_ident()
+    if _Storage is None:
+        data = value
+    else:
+        data = value.data if value is not None and value.thread_id == ident else None
+    # asgiref leaves a visible {"current": old} behind; a reset restores it
+    # only if the old value was exactly that (a visible value with "current").
+    exact = data is not None and "current" in data
+    old = data.get("current") if data is not None else None
+    new_data = {} if data is None else data.copy()
+    new_data["current"] = executor
+    new_value = new_data if _Storage is None else _Storage(ident, new_data)
+    token = _variable.set(new_value)
+    return Pushed(old, token if exact else None, new_value)
+
+
+def pop_current(pushed: Pushed) -> None:
+    """Undo `push_current`: the previous executor is current again."""
+    if (
+        pushed.token is not None
+        and _variable is not None
+        and _variable.get(None) is pushed.value
+    ):
+        _variable.reset(pushed.token)
+    else:
+        set_current(pushed.old)
+
+
+_asgiref_restore: Callable[[contextvars.Context], None] = _asgiref_sync._restore_context
+
+
+def _compares_by_identity() -> bool:
+    """asgiref 3.13 compares with ``is not``; 3.12 with ``!=``."""
+    return any(
+        instruction.opname == "IS_OP"
+        for instruction in dis.get_instructions(_asgiref_restore)
+    )
+
+
+def _restore_context_here(context: contextvars.Context) -> None:
+    ident = _get_ident()
+    for variable, value in context.items():
+        if isinstance(value, _Storage):
+            here = variable.get(None)
+            if (
+                type(here) is _Storage
+                and here.thread_id == ident
+                and here.data is value.data
+            ):
+                continue  # asgiref would set an equal storage: same data, thread
+            value = _Storage(ident, value.data)
+        try:
+            if _by_identity:
+                changed = variable.get() is not value
+            else:
+                changed = variable.get() != value
+            if changed:
+                variable.set(value)
+        except LookupError:
+            variable.set(value)
+
+
+_by_identity = _compares_by_identity()
+#: asgiref's ``_restore_context``, for the calling thread after a call.
+restore_context: Callable[[contextvars.Context], None] = (
+    _restore_context_here
+    if _Storage is not None and "_rehome" in _asgiref_restore.__code__.co_names
+    else _asgiref_restore
+)

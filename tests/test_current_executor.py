@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgiref import sync as _asgiref_sync
+from asgiref.local import Local
 from asgiref.sync import AsyncToSync
 
 from asgiref_loopshare import _current_executor
@@ -94,3 +96,137 @@ def test_a_value_set_in_another_thread_is_seen_as_asgiref_sees_it(
     thread.join()
     fast, stock = seen[0]
     assert fast is stock
+
+
+# -- push_current / pop_current: what `executors.current = old` leaves
+
+
+def stock_pop(old: Any) -> None:
+    AsyncToSync.executors.current = old
+
+
+def visible_state() -> dict[str, Any]:
+    """What code reading the Local sees of it."""
+    return {
+        name: getattr(AsyncToSync.executors, name, "<unset>")
+        for name in ("current", "loopshare_test_other")
+    }
+
+
+def after_push_and_pop(
+    prepare: Callable[[], None],
+    meanwhile: Callable[[], None],
+    pop: Callable[[Any], None] | None,
+) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        prepare()
+        pushed = _current_executor.push_current(object())  # type: ignore[arg-type]
+        meanwhile()
+        if pop is None:
+            _current_executor.pop_current(pushed)
+        else:
+            pop(pushed.old)
+        return visible_state()
+
+    return in_fresh_context(run)
+
+
+def nothing() -> None:
+    pass
+
+
+def set_current_to_marker() -> None:
+    AsyncToSync.executors.current = "old executor"
+
+
+def set_another_attribute() -> None:
+    AsyncToSync.executors.loopshare_test_other = "set during the call"
+
+
+@pytest.mark.parametrize(
+    "prepare", [nothing, set_current_to_marker], ids=["unset", "set"]
+)
+@pytest.mark.parametrize(
+    "meanwhile",
+    [nothing, set_another_attribute],
+    ids=["untouched", "other-attribute-set"],
+)
+def test_pop_current_leaves_what_asgiref_leaves(
+    prepare: Callable[[], None], meanwhile: Callable[[], None]
+) -> None:
+    ours = after_push_and_pop(prepare, meanwhile, None)
+    assert ours == after_push_and_pop(prepare, meanwhile, stock_pop)
+    assert ours["current"] == ("old executor" if prepare is not nothing else None)
+
+
+def test_pop_current_resets_the_variable_when_nothing_else_changed() -> None:
+    def run() -> bool:
+        set_current_to_marker()
+        before = _current_executor._variable.get()  # type: ignore[union-attr]
+        _current_executor.pop_current(
+            _current_executor.push_current(object())  # type: ignore[arg-type]
+        )
+        return _current_executor._variable.get() is before  # type: ignore[union-attr]
+
+    # The cheap path, not a rewrite: the old value object itself is back.
+    assert in_fresh_context(run)
+
+
+# -- restore_context: asgiref's _restore_context for the calling thread
+
+_plain = contextvars.ContextVar[str]("loopshare_test_plain")
+_local = Local()
+
+
+def context_after(change: Callable[[], None]) -> contextvars.Context:
+    """A context as a call's task leaves it: copied, moved to another thread."""
+
+    def run() -> contextvars.Context:
+        change()
+        return contextvars.copy_context()
+
+    made: list[contextvars.Context] = []
+    callers = contextvars.copy_context()
+
+    def on_loop_thread() -> None:
+        task = callers.copy()
+        task.run(_asgiref_sync._restore_context, callers)  # as main_wrap does
+        made.append(task.run(run))
+
+    thread = threading.Thread(target=on_loop_thread)
+    thread.start()
+    thread.join()
+    return made[0]
+
+
+def read_back() -> tuple[Any, Any, Any]:
+    return (
+        _plain.get("<unset>"),
+        getattr(_local, "value", "<unset>"),
+        getattr(AsyncToSync.executors, "current", "<unset>"),
+    )
+
+
+def set_plain() -> None:
+    _plain.set("set in the call")
+
+
+def set_local() -> None:
+    _local.value = "set in the call"
+
+
+@pytest.mark.parametrize(
+    "change", [nothing, set_plain, set_local], ids=["nothing", "contextvar", "local"]
+)
+def test_restore_context_leaves_what_asgirefs_leaves(
+    change: Callable[[], None],
+) -> None:
+    def run(restore: Callable[[contextvars.Context], None]) -> tuple[Any, Any, Any]:
+        _local.value = "before the call"
+        AsyncToSync.executors.current = "caller's executor"
+        restore(context_after(change))
+        return read_back()
+
+    ours = in_fresh_context(lambda: run(_current_executor.restore_context))
+    assert ours == in_fresh_context(lambda: run(_asgiref_sync._restore_context))
+    assert ours[1] == ("set in the call" if change is set_local else "before the call")
