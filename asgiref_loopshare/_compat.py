@@ -93,6 +93,37 @@ def create_task(
     return context.run(asyncio.Task, coro, loop=loop)
 
 
+def _task_registries() -> tuple[Any, ...] | None:
+    """asyncio's registries of every task alive in the process, if found.
+
+    A ``WeakSet`` of scheduled tasks (``_all_tasks`` before 3.12,
+    ``_scheduled_tasks`` from 3.12) and, from 3.12, the set of eager tasks:
+    what ``asyncio.all_tasks`` scans.
+    """
+    from asyncio import tasks
+
+    found = tuple(
+        getattr(tasks, name)
+        for name in ("_all_tasks", "_scheduled_tasks", "_eager_tasks")
+        if hasattr(getattr(tasks, name, None), "__len__")
+    )
+    return found or None
+
+
+_registries = _task_registries()
+
+
+def no_task_alive() -> bool:
+    """Whether the process has no asyncio task at all (cheap; may say False).
+
+    ``asyncio.all_tasks(loop)`` copies and filters every task of every loop
+    (~22k instructions with none); a context's teardown asks this first.
+    """
+    if _registries is None:  # pragma: no cover - an asyncio built differently
+        return False
+    return not any(map(len, _registries))
+
+
 def uncancel(task: asyncio.Task[Any] | None) -> None:
     """`task.uncancel()` on Python >= 3.11, where it exists; nothing before."""
     if task is not None and sys.version_info >= (3, 11):

@@ -67,6 +67,47 @@ def test_pending_task_is_cancelled_and_its_finally_runs(
     assert events == [f"finally on {worker.name}"]
 
 
+def test_task_made_without_the_loops_task_factory_is_cancelled_too(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    # asyncio.Task(...) bypasses the task factory that tracks a call's tasks:
+    # teardown must still find it (asyncio's own registry of tasks).
+    _loop.configure(task_grace=0)
+    finished: list[bool] = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            finished.append(True)
+
+    async def spawn() -> asyncio.Task[None]:
+        return asyncio.Task(forever())
+
+    with AsyncSingleThreadContext():
+        task = async_to_sync(spawn)()
+    assert task.cancelled()
+    assert finished == [True]
+
+
+def test_a_task_alive_on_another_loop_does_not_change_teardown(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    # With a task alive anywhere, teardown looks for this loop's tasks:
+    # none here, so the loop simply closes.
+    other = asyncio.new_event_loop()
+    elsewhere = other.create_task(asyncio.sleep(3600))
+    try:
+        with AsyncSingleThreadContext():
+            loop, _ = async_to_sync(loop_and_thread)()
+        assert loop.is_closed()
+        assert not elsewhere.done()
+    finally:
+        elsewhere.cancel()
+        other.run_until_complete(asyncio.sleep(0))
+        other.close()
+
+
 def test_async_generator_is_finalised_at_exit(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
