@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
@@ -21,6 +21,18 @@ main_thread_only = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
     reason="signals are delivered to the main thread",
 )
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint_handler() -> Iterator[None]:
+    """Python's own SIGINT handler, even in a process started with SIGINT ignored
+    (a background job of a non-interactive shell): what the Ctrl-C tests need."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @main_thread_only
