@@ -1,4 +1,7 @@
-"""The shared loop's hand-off to asgiref's ``CurrentThreadExecutor``.
+"""`SharedEventLoop`: asyncio's selector loop, minus two costs per call.
+
+The hand-off to asgiref's ``CurrentThreadExecutor``
+---------------------------------------------------
 
 A thread-sensitive ``sync_to_async`` awaited inside a call runs its function
 back on the calling thread: ``loop.run_in_executor(current_thread_executor,
@@ -15,12 +18,24 @@ says otherwise, keeps asyncio's loop as it is except for that case: its
 executor, same errors), and the work item resolves one asyncio future through
 ``call_soon_threadsafe``, as the chained callbacks would. Every other executor,
 and debug mode, take asyncio's own path.
+
+Polls that cannot find anything
+-------------------------------
+Every iteration of the loop polls its selector, with a zero timeout while
+callbacks are ready: a system call each time, three per call of a coroutine
+that awaits once. While the only file descriptor registered is the loop's own
+self-pipe (no sockets: the common case between calls), such a poll can only
+report bytes written by ``call_soon_threadsafe``, whose callbacks are already
+in the ready queue; `_Selector` answers it with no events instead. A poll
+that may wait, or any poll once something else is registered, is made as
+usual; unread self-pipe bytes are drained by the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import selectors
 import sys
 import threading
 from collections.abc import Callable
@@ -142,8 +157,39 @@ def _submit(
         target = target._old_executor
 
 
+class _Selector(selectors.DefaultSelector):
+    """The default selector, skipping zero-timeout polls with only the self-pipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._registered = 0
+
+    def register(
+        self, fileobj: Any, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        key: selectors.SelectorKey = super().register(fileobj, events, data)
+        self._registered += 1
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key: selectors.SelectorKey = super().unregister(fileobj)
+        self._registered -= 1
+        return key
+
+    def select(
+        self, timeout: float | None = None
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0 and self._registered <= 1:
+            return []
+        events: list[tuple[selectors.SelectorKey, int]] = super().select(timeout)
+        return events
+
+
 class SharedEventLoop(asyncio.SelectorEventLoop):
-    """asyncio's selector loop, with the cheaper hand-off described above."""
+    """asyncio's selector loop, with the economies described above."""
+
+    def __init__(self) -> None:
+        super().__init__(_Selector())
 
     def run_in_executor(  # type: ignore[override]
         self,

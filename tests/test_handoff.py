@@ -1,9 +1,12 @@
-"""The shared loop's hand-off to the caller's CurrentThreadExecutor (`_handoff`)."""
+"""`_handoff.SharedEventLoop`: the hand-off to the caller's CurrentThreadExecutor,
+and no polls that cannot find anything."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import selectors
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -232,3 +235,70 @@ def test_a_result_for_a_loop_closed_meanwhile_is_dropped(
     loop.close()
     setter.set_result("late")  # must not raise in the executor's thread
     assert not future.done()
+
+
+# -- _Selector: no poll while only the self-pipe is registered
+
+
+@pytest.fixture
+def selector() -> Iterator[Any]:
+    selector = _handoff._Selector()
+    yield selector
+    selector.close()
+
+
+@pytest.fixture
+def readable_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    reader, writer = socket.socketpair()
+    writer.send(b"x")
+    yield reader, writer
+    reader.close()
+    writer.close()
+
+
+def test_a_zero_timeout_poll_with_only_the_self_pipe_reports_nothing(
+    selector: Any, readable_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    reader, _ = readable_pair
+    selector.register(reader, selectors.EVENT_READ)
+    assert selector.select(0) == []
+    # A poll that may wait is made, and finds the byte.
+    assert [key.fileobj for key, _ in selector.select(1)] == [reader]
+
+
+def test_a_zero_timeout_poll_is_made_once_another_fd_is_registered(
+    selector: Any, readable_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    reader, writer = readable_pair
+    selector.register(writer, selectors.EVENT_READ)  # the "self-pipe"
+    selector.register(reader, selectors.EVENT_READ)
+    assert [key.fileobj for key, _ in selector.select(0)] == [reader]
+    selector.unregister(reader)
+    assert selector.select(0) == []
+
+
+def test_socket_io_on_the_shared_loop_is_not_starved_by_busy_callbacks(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    async def read_while_busy() -> bytes:
+        loop = asyncio.get_running_loop()
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        busy = True
+
+        def spin() -> None:
+            if busy:
+                loop.call_soon(spin)  # the ready queue is never empty
+
+        try:
+            loop.call_soon(spin)
+            receiving = loop.create_task(loop.sock_recv(reader, 4))
+            await asyncio.sleep(0)  # nothing to read yet: it waits on the selector
+            writer.send(b"data")
+            return await asyncio.wait_for(receiving, 5)
+        finally:
+            busy = False
+            reader.close()
+            writer.close()
+
+    assert in_context(async_to_sync, read_while_busy) == b"data"
