@@ -233,7 +233,7 @@ def _per_call(config: Config) -> Section:
         f"{_plus(layer['loop_executor_cte'] - layer['loop_executor'])}; the asgiref "
         f"glue in `_core` (`main_wrap`, contextvars copied and restored on both "
         f"sides, `AsyncToSync.executors.current` read, set and reset on the "
-        f"context variable under asgiref's `Local`, threadlocal save/restore, "
+        f"context variable behind asgiref's `Local`, threadlocal save/restore, "
         f"`_loop_wrap`, a result future, "
         f"`AsyncToSync` built per call) "
         f"{_plus(layer['loopshare_ctx'] - layer['loop_executor_cte'])}. From a "

@@ -206,8 +206,13 @@ def _k_findings(measured: dict[str, Measured]) -> list[str]:
         "(the caller's CurrentThreadExecutor), from where the async view's "
         "async_to_sync is scheduled onto that same loop (asgiref's outer-loop "
         "path, not a new loop); the async request_finished receiver is a second "
-        "call, in close(). The hand-offs between the request thread and the loop "
-        "thread, not loop creation, dominate once the loop is shared.",
+        "call, in close(). Once an async-only middleware sits inside them, Django "
+        "also runs Security and Common middleware in async mode, each with two "
+        "thread-sensitive sync_to_async: five hand-offs from the loop back to the "
+        "request thread per request, stock and adapter alike. Those hand-offs, not "
+        "loop creation, dominate once the loop is shared; the adapter's loop "
+        "(`SharedEventLoop`) makes each without a concurrent.futures.Future "
+        "(204k instead of 292k instructions, callgrind).",
     ]
 
 
