@@ -13,8 +13,9 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
@@ -44,8 +45,22 @@ def test_executor_is_removed_from_asgiref_state_at_exit(
     assert not AsyncToSync.loop_thread_executors
 
 
+def _made_by_the_loop(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro)
+
+
+def _made_directly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    # asyncio.Task(...) bypasses the task factory that tracks a call's tasks:
+    # teardown must still find it (asyncio's own registry of tasks).
+    return asyncio.Task(coro)
+
+
+@pytest.mark.parametrize(
+    "make_task", [_made_by_the_loop, _made_directly], ids=["create_task", "Task()"]
+)
 def test_pending_task_is_cancelled_and_its_finally_runs(
     async_to_sync: AsyncToSyncFactory,
+    make_task: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
 ) -> None:
     _loop.configure(task_grace=0)
     events: list[str] = []
@@ -57,7 +72,7 @@ def test_pending_task_is_cancelled_and_its_finally_runs(
             events.append(f"finally on {threading.current_thread().name}")
 
     async def spawn() -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(forever())
+        return make_task(forever())
 
     with AsyncSingleThreadContext():
         task = async_to_sync(spawn)()
@@ -65,29 +80,6 @@ def test_pending_task_is_cancelled_and_its_finally_runs(
         _, worker = async_to_sync(loop_and_thread)()
     assert task.cancelled()
     assert events == [f"finally on {worker.name}"]
-
-
-def test_task_made_without_the_loops_task_factory_is_cancelled_too(
-    async_to_sync: AsyncToSyncFactory,
-) -> None:
-    # asyncio.Task(...) bypasses the task factory that tracks a call's tasks:
-    # teardown must still find it (asyncio's own registry of tasks).
-    _loop.configure(task_grace=0)
-    finished: list[bool] = []
-
-    async def forever() -> None:
-        try:
-            await asyncio.sleep(3600)
-        finally:
-            finished.append(True)
-
-    async def spawn() -> asyncio.Task[None]:
-        return asyncio.Task(forever())
-
-    with AsyncSingleThreadContext():
-        task = async_to_sync(spawn)()
-    assert task.cancelled()
-    assert finished == [True]
 
 
 def test_a_task_alive_on_another_loop_does_not_change_teardown(
