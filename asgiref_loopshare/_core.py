@@ -302,8 +302,7 @@ def _call_on_shared_loop(
 
     call_result: _CallResult[_R] = _CallResult()
     # Idle in this thread for thread-sensitive sync_to_async calls, as stock.
-    current_executor = CurrentThreadExecutor(_current_executor.get_current())
-    pushed = _current_executor.push_current(current_executor)
+    current_executor, pushed = _current_executor.push_current(CurrentThreadExecutor)
     context = [contextvars.copy_context()]
     # main_wrap re-raises the caller's exception in the coroutine, which
     # appends main_wrap's frame to its traceback: exception -> traceback ->

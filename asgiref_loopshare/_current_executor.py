@@ -135,12 +135,15 @@ class Pushed(NamedTuple):
     value: object
 
 
-def push_current(executor: CurrentThreadExecutor) -> Pushed:
-    """Make *executor* the current one; return how to undo it."""
+def push_current(
+    make: Callable[[CurrentThreadExecutor | None], CurrentThreadExecutor],
+) -> tuple[CurrentThreadExecutor, Pushed]:
+    """Make ``make(current executor)`` the current one; return it and the undo."""
     if get_current is _slow_get:  # pragma: no cover - see above
         old = _slow_get()
+        executor = make(old)
         _slow_set(executor)
-        return Pushed(old, None, None)
+        return executor, Pushed(old, None, None)
     assert _variable is not None
     value = _variable.get(None)
     ident = _get_ident()
@@ -152,11 +155,12 @@ def push_current(executor: CurrentThreadExecutor) -> Pushed:
     # only if the old value was exactly that (a visible value with "current").
     exact = data is not None and "current" in data
     old = data.get("current") if data is not None else None
+    executor = make(old)
     new_data = {} if data is None else data.copy()
     new_data["current"] = executor
     new_value = new_data if _Storage is None else _Storage(ident, new_data)
     token = _variable.set(new_value)
-    return Pushed(old, token if exact else None, new_value)
+    return executor, Pushed(old, token if exact else None, new_value)
 
 
 def pop_current(pushed: Pushed) -> None:

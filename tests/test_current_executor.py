@@ -120,7 +120,7 @@ def after_push_and_pop(
 ) -> dict[str, Any]:
     def run() -> dict[str, Any]:
         prepare()
-        pushed = _current_executor.push_current(object())  # type: ignore[arg-type]
+        _, pushed = _current_executor.push_current(lambda old: object())
         meanwhile()
         if pop is None:
             _current_executor.pop_current(pushed)
@@ -163,9 +163,8 @@ def test_pop_current_resets_the_variable_when_nothing_else_changed() -> None:
     def run() -> bool:
         set_current_to_marker()
         before = _current_executor._variable.get()  # type: ignore[union-attr]
-        _current_executor.pop_current(
-            _current_executor.push_current(object())  # type: ignore[arg-type]
-        )
+        _, pushed = _current_executor.push_current(lambda old: object())
+        _current_executor.pop_current(pushed)
         return _current_executor._variable.get() is before  # type: ignore[union-attr]
 
     # The cheap path, not a rewrite: the old value object itself is back.
