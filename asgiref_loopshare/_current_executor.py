@@ -73,33 +73,37 @@ def _find_variable() -> contextvars.ContextVar[Any] | None:
 _variable = _find_variable()
 
 
+def _visible(value: Any, ident: int) -> dict[str, Any] | None:
+    """The attribute dict *value* gives the thread *ident*, as ``Local`` reads it."""
+    if value is None or _Storage is None:
+        return value  # type: ignore[no-any-return]
+    if value.thread_id != ident:
+        return None  # inherited by this thread, not moved here: not visible
+    data: dict[str, Any] = value.data
+    return data
+
+
+def _store(
+    data: dict[str, Any] | None, executor: CurrentThreadExecutor | None, ident: int
+) -> tuple[contextvars.Token[Any], object]:
+    """Write *data* with ``current`` = *executor*, as ``Local`` does (a copy)."""
+    assert _variable is not None
+    new_data = {} if data is None else data.copy()
+    new_data["current"] = executor
+    value = new_data if _Storage is None else _Storage(ident, new_data)
+    return _variable.set(value), value
+
+
 def _fast_get() -> CurrentThreadExecutor | None:
     assert _variable is not None
-    value = _variable.get(None)
-    if value is None:
-        return None
-    if _Storage is not None:
-        if value.thread_id != _get_ident():
-            return None  # inherited by this thread, not moved here: not visible
-        value = value.data
-    executor: CurrentThreadExecutor | None = value.get("current")
-    return executor
+    data = _visible(_variable.get(None), _get_ident())
+    return None if data is None else data.get("current")
 
 
 def _fast_set(executor: CurrentThreadExecutor | None) -> None:
     assert _variable is not None
-    value = _variable.get(None)
-    if _Storage is None:
-        data = {} if value is None else value.copy()
-        data["current"] = executor
-        _variable.set(data)
-        return
     ident = _get_ident()
-    # Storage tagged with another thread is invisible here: start afresh.
-    owned = value is not None and value.thread_id == ident
-    data = value.data.copy() if owned else {}
-    data["current"] = executor
-    _variable.set(_Storage(ident, data))
+    _store(_visible(_variable.get(None), ident), executor, ident)
 
 
 def _agrees() -> bool:
@@ -145,22 +149,15 @@ def push_current(
         _slow_set(executor)
         return executor, Pushed(old, None, None)
     assert _variable is not None
-    value = _variable.get(None)
     ident = _get_ident()
-    if _Storage is None:
-        data = value
-    else:
-        data = value.data if value is not None and value.thread_id == ident else None
+    data = _visible(_variable.get(None), ident)
     # asgiref leaves a visible {"current": old} behind; a reset restores it
     # only if the old value was exactly that (a visible value with "current").
     exact = data is not None and "current" in data
     old = data.get("current") if data is not None else None
     executor = make(old)
-    new_data = {} if data is None else data.copy()
-    new_data["current"] = executor
-    new_value = new_data if _Storage is None else _Storage(ident, new_data)
-    token = _variable.set(new_value)
-    return executor, Pushed(old, token if exact else None, new_value)
+    token, value = _store(data, executor, ident)
+    return executor, Pushed(old, token if exact else None, value)
 
 
 def pop_current(pushed: Pushed) -> None:
