@@ -75,6 +75,7 @@ _MISSING = object()
 # context is still the current one behaves as stock asgiref outside a context.
 _closed_contexts: weakref.WeakSet[AsyncSingleThreadContext] = weakref.WeakSet()
 _executors_lock = threading.Lock()
+_get_ident = threading.get_ident
 
 
 class ContextExecutor(LoopExecutor):
@@ -98,6 +99,10 @@ class ContextExecutor(LoopExecutor):
 
 def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | None:
     """The context's executor, created on first use; ``None`` means "go stock"."""
+    if isinstance(context, ScopeContext):
+        owner = context.owner
+        if owner is not None and owner != _get_ident():
+            return None  # a copy of the owner thread's contextvars: stock here
     executors = AsyncToSync.context_to_thread_executor
     executor = executors.get(context)
     if isinstance(executor, ContextExecutor) and not executor.forked:
@@ -131,6 +136,10 @@ class ScopeContext(AsyncSingleThreadContext):
     closed = False
     #: Set once an executor is stored for it (then `close` pops it).
     started = False
+    #: The thread whose calls it takes (``threading.get_ident()``), or ``None``
+    #: for any thread. Another thread that carries it in a copy of the owner's
+    #: contextvars gets stock asgiref, as outside a context.
+    owner: int | None = None
 
     def close(self) -> None:
         """Tear the loop down on its own thread, if one started; idempotent."""
@@ -143,8 +152,10 @@ class ScopeContext(AsyncSingleThreadContext):
 
 
 def _is_closed(context: AsyncSingleThreadContext) -> bool:
+    """Whether calls in this thread must treat *context* as not set."""
     if isinstance(context, ScopeContext):
-        return context.closed
+        owner = context.owner
+        return context.closed or (owner is not None and owner != _get_ident())
     return context in _closed_contexts
 
 

@@ -4,19 +4,22 @@ How a request is followed from start to end without a reference cycle:
 
 - ``__call__`` of ``WSGIHandler`` and of the test client's ``ClientHandler`` is
   wrapped (whatever is there at `install` time, so patches applied earlier, such
-  as an APM's, stay in the chain). The wrapper creates a `_RequestContext` (an
-  ``AsyncSingleThreadContext``) and makes it the current one before Django
-  sends ``request_started``.
+  as an APM's, stay in the chain). Before Django sends ``request_started`` the
+  wrapper opens the thread's `_RequestContext` (an ``AsyncSingleThreadContext``):
+  it reopens the one its previous request closed, still set in the thread's
+  contextvars context, or creates one and makes it the current one.
 - ``get_response`` of those handlers (and of the two static-files handlers that
   override it) is wrapped: the outermost wrapper that finds the current context
   *pending* stores it on the response it returns, as
   ``response._loopshare_scope``. The response refers to the context; the
   context never refers to the response.
 - ``HttpResponseBase.close`` is wrapped once, on the class: when the response
-  carries a context, it makes it current in whatever thread and contextvars
-  context runs ``close()`` (waitress closes file responses from another thread),
-  runs Django's ``close()`` - resource closers, then ``request_finished`` with
-  its async receivers on the request's loop - then unsets and closes it.
+  carries a context, it runs Django's ``close()`` - resource closers, then
+  ``request_finished`` with its async receivers on the request's loop - with
+  the context current, then closes it. In the request thread it is still the
+  current one; in another thread or contextvars context (waitress closes file
+  responses from its main thread) it is made current there for the close and
+  unset afterwards.
   ``response.close`` stays an ordinary bound method, so ``wsgi.file_wrapper``
   objects (which copy ``filelike.close`` when built) and WSGI middleware that
   keep only ``close`` work as with stock Django.
@@ -25,13 +28,19 @@ How a request is followed from start to end without a reference cycle:
 
 After a successful ``__call__`` the context stays set in the request thread's
 contextvars context on purpose: servers iterate the body in that thread, and
-Django consumes an async streaming body with ``async_to_sync`` only then. The
-next request's context replaces it; a closed one left set behaves as stock
-asgiref (see `asgiref_loopshare.LoopScope`).
+Django consumes an async streaming body with ``async_to_sync`` only then. Once
+closed it stays set, and a call made before the thread's next request behaves
+as stock asgiref (see `asgiref_loopshare.LoopScope`); that request reopens it
+with a new loop, if it awaits anything. A context is only reopened by the
+thread that owns it, and only its owner's calls use it: another thread holding
+a copy of the owner's contextvars (``contextvars.copy_context()``) gets stock
+asgiref, so such a copy never reaches a later request's loop. A context closed
+on another thread is not reopened. `disable` unsets the calling thread's idle
+context, and each thread's own at its next request.
 
-Per request this costs one context-variable set and reset, one small object and
-a few attribute writes. No ``threading.local``: each access to one costs about
-1.5k instructions (callgrind), and keeping the request's state in one took eight.
+Per request this costs a few slot writes, no context-variable set (about 3k
+instructions with its reset, callgrind) and no ``threading.local`` (about 1.5k
+per access).
 """
 
 from __future__ import annotations
@@ -55,19 +64,26 @@ _current_context = AsyncToSync.async_single_thread_context
 
 
 class _RequestContext(ScopeContext):
-    """The loop-sharing context of one request."""
+    """The loop-sharing context of a request, reopened by its thread's next one."""
 
-    # A slot, not a dict entry: written three times per request.
-    __slots__ = ("phase",)
+    # Slots, not dict entries: written on every request. Slots shadow the
+    # class defaults of ScopeContext, so a new one sets all four.
+    __slots__ = ("closed", "owner", "phase", "started")
 
+    closed: bool
+    owner: int | None
     phase: int
+    started: bool
 
 
 # _RequestContext.phase: in the handler's __call__, and no get_response wrapper
-# has taken it for its response yet (_PENDING) or one has (_TAKEN); after it
-# (_DONE). A nested request hands the context back to an outer one in __call__.
-_DONE, _TAKEN, _PENDING = 0, 1, 2
+# has taken it for its response yet (_PENDING) or one has (_TAKEN); after it,
+# until the response is closed (_DONE); closed, its loop torn down, and free for
+# the owner thread's next request (_IDLE). A nested request hands the context
+# back to an outer one in __call__.
+_IDLE, _DONE, _TAKEN, _PENDING = 0, 1, 2, 3
 _new = object.__new__
+_get_ident = threading.get_ident
 
 
 _enabled = False
@@ -95,43 +111,108 @@ def _unset(token: Any) -> None:
         pass
 
 
+#: The default of the ``__call__`` wrapper's *start_response*: the test
+#: client's handler is called with ``environ`` only.
+_ONE_ARGUMENT: Any = object()
+
+
 def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
+    # Explicit parameters, not (*args, **kwargs): a call with argument
+    # unpacking costs about 2k instructions more per request (CPython 3.12).
     @functools.wraps(original)
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self: Any, environ: Any, start_response: Any = _ONE_ARGUMENT) -> Any:
         if not _enabled:
-            return original(self, *args, **kwargs)
-        outer = _current_context.get(None)
-        # AsyncSingleThreadContext.__init__ only sets token: set it here.
-        context: _RequestContext = _new(_RequestContext)
-        context.phase = _PENDING
-        context.token = _current_context.set(context)
+            _forget_idle_context()
+            if start_response is _ONE_ARGUMENT:
+                return original(self, environ)
+            return original(self, environ, start_response)
+        context = _current_context.get(None)
+        if (
+            type(context) is _RequestContext
+            and context.phase == _IDLE
+            and context.owner == _get_ident()
+        ):
+            # This thread's context of its previous request, closed since:
+            # open it again (a new loop if this request awaits anything).
+            outer = None
+            context.closed = False
+            context.phase = _PENDING
+        else:
+            outer = context
+            context = _new(_RequestContext)
+            context.closed = context.started = False
+            context.owner = _get_ident()
+            context.phase = _PENDING
+            # AsyncSingleThreadContext.__init__ only sets token: set it here.
+            context.token = _current_context.set(context)
         try:
-            result = original(self, *args, **kwargs)
+            if start_response is _ONE_ARGUMENT:  # ClientHandler(environ)
+                result = original(self, environ)
+            else:  # WSGIHandler(environ, start_response)
+                result = original(self, environ, start_response)
         except BaseException:
-            context.phase = _DONE
-            _unset(context.token)
-            context.close()
+            _end(context)
             raise
-        if context.phase == _PENDING:
-            _attach_or_close(result, context)
-        context.phase = _DONE
-        if type(outer) is _RequestContext and outer.phase:
-            # An in-process request inside another one (a view using the test
-            # client): hand the outer request its context back.
-            _current_context.set(outer)
+        else:
+            phase = context.phase
+            if phase == _TAKEN:
+                context.phase = _DONE
+            elif phase == _PENDING:  # no get_response wrapper saw the response
+                if _attach(result, context):
+                    context.phase = _DONE
+                else:
+                    _end(context)
+            # _IDLE: the response was closed already (the test client does).
+        finally:
+            if type(outer) is _RequestContext and outer.phase >= _TAKEN:
+                # An in-process request inside another one (a view using the
+                # test client): hand the outer request its context back.
+                _current_context.set(outer)
         return result
 
     return __call__
 
 
-def _attach_or_close(result: Any, context: _RequestContext) -> None:
+def _end(context: _RequestContext) -> None:
+    """Close *context* (as `ScopeContext.close`) and mark it free for reuse.
+
+    Called in the owner thread: only that thread's next request reopens it.
+    """
+    context.closed = True
+    context.phase = _IDLE
+    if context.started:
+        _shut_down(context)
+
+
+def _shut_down(context: _RequestContext) -> None:
+    """Tear down the loop *context* started, on its own thread."""
+    context.started = False
+    executor = AsyncToSync.context_to_thread_executor.pop(context, None)
+    if executor is not None:
+        executor.shutdown()
+
+
+def _attach(result: Any, context: _RequestContext) -> bool:
     """No patched get_response saw the response (a handler subclass of unknown
-    shape): attach the context to the response if that is what we got, else
-    end it now."""
+    shape): attach the context to the response if that is what we got."""
     if isinstance(result, _HttpResponseBase) and scope_of(result) is None:
         setattr(result, SCOPE_ATTR, context)
-    else:
-        context.close()
+        return True
+    return False
+
+
+def _forget_idle_context() -> None:
+    """Unset this thread's idle request context (the adapter is disabled).
+
+    Stock asgiref's ``AsyncSingleThreadContext.__enter__`` does nothing while
+    any context is set; once `disable` has removed the core patch too, a
+    closed request context left set would make it a no-op in this thread.
+    """
+    context = _current_context.get(None)
+    if type(context) is _RequestContext and context.phase == _IDLE:
+        token, context.token = context.token, None
+        if token is not None:
+            _unset(token)
 
 
 def _wrap_get_response(
@@ -179,21 +260,25 @@ def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
             original(self)
             return
         self._loopshare_scope = None
-        if _current_context.get(None) is context:
-            # The usual case: closed where __call__ left the context set.
-            # Unset it there too: a closed context left set would turn a later
-            # `with AsyncSingleThreadContext()` in this thread into a no-op.
-            token = context.token
+        if _current_context.get(None) is context and context.owner == _get_ident():
+            # The usual case: closed where __call__ left the context set. It
+            # stays set, closed, for this thread's next request to reopen: a
+            # call made in between behaves as stock asgiref.
             try:
                 original(self)
             finally:
-                context.close()
-                if token is not None:
-                    context.token = None
-                    _unset(token)
+                # _end(context), inlined: a call less per request.
+                context.closed = True
+                context.phase = _IDLE
+                if context.started:
+                    _shut_down(context)
                 if isinstance(self, _FileResponse):
                     _unhook_file_to_stream(self)
             return
+        # Closed on another thread (waitress closes file responses from its
+        # main thread) or in another contextvars context: the context serves
+        # that thread for the close, then it ends, never to be reopened.
+        context.owner = None
         token = _current_context.set(context)
         try:
             original(self)
@@ -312,6 +397,7 @@ def disable() -> None:
     global _enabled, _installed_core
     with _lock:
         _enabled = False
+        _forget_idle_context()
         for patch in reversed(list(_patches)):
             if patch.name == "close":
                 continue  # inert without a scope; in-flight responses need it

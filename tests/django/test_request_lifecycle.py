@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 from wsgiref.util import FileWrapper
 
 import pytest
 import urls_for_tests
 from asgiref.sync import AsyncToSync, async_to_sync
-from conftest import Serve, loopshare_threads, make_environ
+from conftest import Serve, Served, loopshare_threads, make_environ
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
 from django.http import HttpResponse
@@ -266,6 +267,146 @@ def test_the_request_thread_keeps_nothing_but_a_closed_scope_afterwards(
     assert loops[0].is_closed()
 
 
+# -- the request thread's context, reopened by its next request ---------------
+
+
+@pytest.fixture
+def loops() -> list[asyncio.AbstractEventLoop]:
+    """The loops `keep` ran on, in order."""
+    return []
+
+
+@pytest.fixture
+def threads() -> list[int]:
+    """The threads `keep` ran in, in order."""
+    return []
+
+
+@pytest.fixture
+def keep(
+    loops: list[asyncio.AbstractEventLoop], threads: list[int]
+) -> Callable[[], Awaitable[None]]:
+    async def keep() -> None:
+        loops.append(asyncio.get_running_loop())
+        threads.append(threading.get_ident())
+
+    return keep
+
+
+def serve_view(serve: Serve, view: Callable[[Any], HttpResponse]) -> Served:
+    urls_for_tests.swap_view(view)
+    with override_settings(ROOT_URLCONF="urls_for_tests"):
+        served = serve("/swap/")
+    served.body()
+    served.close()
+    return served
+
+
+def test_the_next_request_on_a_thread_reopens_its_context_with_a_new_loop(
+    serve: Serve,
+    keep: Callable[[], Awaitable[None]],
+    loops: list[asyncio.AbstractEventLoop],
+) -> None:
+    contexts = []
+
+    def view(request: Any) -> HttpResponse:
+        contexts.append(AsyncToSync.async_single_thread_context.get())
+        async_to_sync(keep)()
+        async_to_sync(keep)()
+        return HttpResponse(b"")
+
+    serve_view(serve, view)
+    serve_view(serve, view)
+    assert contexts[0] is contexts[1]  # no context variable set per request
+    assert loops[0] is loops[1]
+    assert loops[2] is loops[3]
+    assert loops[1] is not loops[2]
+    assert all(loop.is_closed() for loop in loops)
+
+
+def run_in_thread(function: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            function()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert errors == []
+
+
+def test_another_thread_with_a_copy_of_the_request_context_runs_as_stock(
+    serve: Serve,
+    keep: Callable[[], Awaitable[None]],
+    loops: list[asyncio.AbstractEventLoop],
+    threads: list[int],
+) -> None:
+    def view(request: Any) -> HttpResponse:
+        async_to_sync(keep)()
+        copy = contextvars.copy_context()
+        run_in_thread(lambda: copy.run(async_to_sync(keep)))
+        run_in_thread(lambda: copy.run(async_to_sync(keep)))
+        return HttpResponse(b"")
+
+    serve_view(serve, view)
+    request_loop, *elsewhere = loops
+    assert len({request_loop, *elsewhere}) == 3  # a loop per call, as stock...
+    assert threads[0] not in threads[1:]  # ...not on the request's loop thread
+
+
+def test_a_copy_of_a_finished_requests_context_never_reaches_the_next_request(
+    serve: Serve,
+    keep: Callable[[], Awaitable[None]],
+    loops: list[asyncio.AbstractEventLoop],
+) -> None:
+    copies: list[contextvars.Context] = []
+
+    def first(request: Any) -> HttpResponse:
+        copies.append(contextvars.copy_context())
+        return HttpResponse(b"")
+
+    def second(request: Any) -> HttpResponse:
+        async_to_sync(keep)()
+        run_in_thread(lambda: copies[0].run(async_to_sync(keep)))
+        async_to_sync(keep)()
+        return HttpResponse(b"")
+
+    serve_view(serve, first)
+    serve_view(serve, second)
+    assert loops[0] is loops[2]
+    assert loops[1] is not loops[0]
+
+
+def test_a_context_closed_on_another_thread_is_not_reopened(
+    serve: Serve, loops_seen: list[asyncio.AbstractEventLoop]
+) -> None:
+    served = serve("/file/", file_wrapper=FileWrapper)
+    served.body()
+    run_in_thread(served.close)
+    closed_elsewhere = AsyncToSync.async_single_thread_context.get()
+    assert closed_elsewhere.closed
+    served = serve("/async/")
+    assert scope_of(served.result) is not closed_elsewhere
+    served.body()
+    served.close()
+    assert len(loops_seen) == 4
+    assert loops_seen[0] is loops_seen[1]
+    assert loops_seen[2] is loops_seen[3]
+    assert loops_seen[1] is not loops_seen[2]
+
+
+def test_uninstall_unsets_the_calling_threads_idle_context(serve: Serve) -> None:
+    serve("/sync/").close()
+    assert AsyncToSync.async_single_thread_context.get(None) is not None
+    loopshare_django.uninstall()
+    assert AsyncToSync.async_single_thread_context.get(None) is None
+
+
 def test_the_orm_through_sync_to_async_then_async_code_again_does_not_hang(
     serve: Serve, loops_seen: list[asyncio.AbstractEventLoop]
 ) -> None:
@@ -327,6 +468,30 @@ def test_a_request_made_inside_a_request_gives_the_outer_one_its_loop_back(
     with override_settings(ROOT_URLCONF="urls_for_tests"):
         served = serve("/swap/")
     served.close()
+    assert loops[0] is loops[1]
+    assert loops[0].is_closed()
+
+
+def test_a_request_inside_a_request_that_raises_gives_the_outer_one_its_loop_back(
+    serve: Serve,
+    keep: Callable[[], Awaitable[None]],
+    loops: list[asyncio.AbstractEventLoop],
+) -> None:
+    def explode(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver failed")
+
+    def outer_view(request: Any) -> HttpResponse:
+        async_to_sync(keep)()
+        request_started.connect(explode, dispatch_uid="explode-inner", weak=False)
+        try:
+            with pytest.raises(RuntimeError, match="receiver failed"):
+                Client().get("/sync/")
+        finally:
+            request_started.disconnect(dispatch_uid="explode-inner")
+        async_to_sync(keep)()
+        return HttpResponse(b"outer")
+
+    serve_view(serve, outer_view)
     assert loops[0] is loops[1]
     assert loops[0].is_closed()
 
