@@ -38,7 +38,13 @@ _T = TypeVar("_T")
 
 
 class Workload(Protocol):
-    """What a scenario runs in a worker; ``run`` may return per-unit latencies."""
+    """What a scenario runs in a worker; ``run`` may return per-unit latencies.
+
+    ``prepare(arg)`` runs before each ``run(n, arg)``, outside the clock: a
+    change switched on or off there (the same-process A/B) is not timed.
+    """
+
+    def prepare(self, arg: Any) -> None: ...
 
     def run(self, n: int, arg: Any) -> list[float] | None: ...
 
@@ -51,6 +57,9 @@ class Workload(Protocol):
 
 class BaseWorkload:
     """Defaults for the optional parts of `Workload`."""
+
+    def prepare(self, arg: Any) -> None:
+        return None
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -138,6 +147,7 @@ class _Caller:
 def _time(
     workload: Workload, call: _Caller, n: int, arg: Any, gc_enabled: bool
 ) -> dict[str, Any]:
+    call(lambda: workload.prepare(arg))
     gc.collect()
     if not gc_enabled:
         gc.disable()
@@ -155,6 +165,7 @@ def _time(
 
 
 def _count(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any]:
+    call(lambda: workload.prepare(arg))
     creations = Creations()
     before = threading.active_count()
     with creations.counting():
@@ -168,6 +179,7 @@ def _count(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any
 
 
 def _gc(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any]:
+    call(lambda: workload.prepare(arg))
     gc.collect()
     gc.disable()
     try:
