@@ -61,9 +61,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if not args.no_bootstrap and not bootstrap.in_venv():
-        # Install redis-server (needs root) before leaving this interpreter.
+        # Install Debian packages (needs root) before leaving this interpreter.
         if args.scenarios is None or "redis" in args.scenarios:
             bootstrap.ensure_redis_server()
+        if not args.smoke and (args.scenarios is None or "wsgi" in args.scenarios):
+            bootstrap.ensure_valgrind()
         bootstrap.reexec_in_venv(
             [str(Path(__file__).resolve()), *argv],
             args.python or bootstrap.default_python(),

@@ -1,4 +1,4 @@
-"""Fresh-machine bootstrap: the benchmark venv and ``redis-server``.
+"""Fresh-machine bootstrap: the benchmark venv, ``redis-server`` and ``valgrind``.
 
 Standard library only: this runs under whatever Python started ``run.py``,
 before anything else is installed.
@@ -99,23 +99,34 @@ def ensure_venv(base_python: str) -> Path:
 
 def ensure_redis_server() -> str | None:
     """Path of ``redis-server``; installed with apt when missing and root."""
-    found = shutil.which("redis-server")
+    return _ensure_debian_package("redis-server", "redis-server", "redis skipped")
+
+
+def ensure_valgrind() -> str | None:
+    """Path of ``valgrind`` (instruction counts); installed like redis-server."""
+    return _ensure_debian_package(
+        "valgrind", "valgrind", "instructions per request not counted"
+    )
+
+
+def _ensure_debian_package(binary: str, package: str, without: str) -> str | None:
+    found = shutil.which(binary)
     if found:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        _log("redis-server missing and not root (or no apt-get): redis skipped")
+        _log(f"{binary} missing and not root (or no apt-get): {without}")
         return None
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _log("installing redis-server with apt-get")
+    _log(f"installing {package} with apt-get")
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
         check=False,
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    return shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    return shutil.which(binary) or (
+        f"/usr/bin/{binary}" if os.path.exists(f"/usr/bin/{binary}") else None
     )
 
 
