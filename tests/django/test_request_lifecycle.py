@@ -206,6 +206,22 @@ def test_a_file_response_with_file_wrapper_returns_the_servers_wrapper(
     assert len(set(loops.values())) == 1
 
 
+def run_in_thread(function: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            function()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert errors == []
+
+
 @pytest.mark.usefixtures("probes")
 def test_close_on_another_thread_runs_request_finished_on_the_request_loop(
     serve: Serve,
@@ -213,19 +229,7 @@ def test_close_on_another_thread_runs_request_finished_on_the_request_loop(
     """Waitress closes a file_wrapper response from its main thread."""
     served = serve("/file/", file_wrapper=FileWrapper, probe_id="elsewhere")
     served.body()
-    errors: list[BaseException] = []
-
-    def close_elsewhere() -> None:
-        try:
-            served.close()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    closer = threading.Thread(target=close_elsewhere)
-    closer.start()
-    closer.join(timeout=30)
-    assert not closer.is_alive()
-    assert errors == []
+    run_in_thread(served.close)
     loops = loops_of("elsewhere")
     assert "request_finished" in loops
     assert len(set(loops.values())) == 1
@@ -322,22 +326,6 @@ def test_the_next_request_on_a_thread_reopens_its_context_with_a_new_loop(
     assert loops[2] is loops[3]
     assert loops[1] is not loops[2]
     assert all(loop.is_closed() for loop in loops)
-
-
-def run_in_thread(function: Callable[[], None]) -> None:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            function()
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-    assert errors == []
 
 
 def test_another_thread_with_a_copy_of_the_request_context_runs_as_stock(
