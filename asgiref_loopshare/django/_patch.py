@@ -174,22 +174,16 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _end(context: _RequestContext) -> None:
-    """Close *context* (as `ScopeContext.close`) and mark it free for reuse.
+    """Close *context* and mark it free for reuse.
 
     Called in the owner thread: only that thread's next request reopens it.
     """
-    context.closed = True
     context.phase = _IDLE
     if context.started:
-        _shut_down(context)
-
-
-def _shut_down(context: _RequestContext) -> None:
-    """Tear down the loop *context* started, on its own thread."""
-    context.started = False
-    executor = AsyncToSync.context_to_thread_executor.pop(context, None)
-    if executor is not None:
-        executor.shutdown()
+        context.close()  # tears its loop down, on the loop's thread
+        context.started = False
+    else:
+        context.closed = True
 
 
 def _attach(result: Any, context: _RequestContext) -> bool:
@@ -268,10 +262,12 @@ def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
                 original(self)
             finally:
                 # _end(context), inlined: a call less per request.
-                context.closed = True
                 context.phase = _IDLE
                 if context.started:
-                    _shut_down(context)
+                    context.close()
+                    context.started = False
+                else:
+                    context.closed = True
                 if isinstance(self, _FileResponse):
                     _unhook_file_to_stream(self)
             return
