@@ -8,11 +8,15 @@ How a request is followed from start to end without a reference cycle:
   wrapper opens the thread's `_RequestContext` (an ``AsyncSingleThreadContext``):
   it reopens the one its previous request closed, still set in the thread's
   contextvars context, or creates one and makes it the current one.
-- ``get_response`` of those handlers (and of the two static-files handlers that
-  override it) is wrapped: the outermost wrapper that finds the current context
-  *pending* stores it on the response it returns, as
+- The response that ``__call__`` returns gets the context, stored as
   ``response._loopshare_scope``. The response refers to the context; the
-  context never refers to the response.
+  context never refers to the response. ``WSGIHandler.__call__`` returns the
+  response itself, so its wrapper stores it there; or, for a ``FileResponse``
+  and a server with ``wsgi.file_wrapper``, the server's wrapper around the
+  file: ``FileResponse.__init__`` is wrapped to note the response (weakly) for
+  that case. ``get_response`` of the test client's handler and of the two
+  static-files handlers that override it is wrapped: the outermost wrapper that
+  finds the context not yet attached stores it on the response it returns.
 - ``HttpResponseBase.close`` is wrapped once, on the class: when the response
   carries a context, it runs Django's ``close()`` - resource closers, then
   ``request_finished`` with its async receivers on the request's loop - with
@@ -38,15 +42,17 @@ asgiref, so such a copy never reaches a later request's loop. A context closed
 on another thread is not reopened. `disable` unsets the calling thread's idle
 context, and each thread's own at its next request.
 
-Per request this costs a few slot writes, no context-variable set (about 3k
-instructions with its reset, callgrind) and no ``threading.local`` (about 1.5k
-per access).
+Per request this costs two wrapper calls (``WSGIHandler.__call__`` and
+``close``) with a few slot writes: no context-variable set (about 3k
+instructions with its reset, callgrind), no ``threading.local`` (about 1.5k per
+access) and no ``get_response`` wrapper for ``WSGIHandler`` (about 1.5k).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -67,21 +73,24 @@ class _RequestContext(ScopeContext):
     """The loop-sharing context of a request, reopened by its thread's next one."""
 
     # Slots, not dict entries: written on every request. Slots shadow the
-    # class defaults of ScopeContext, so a new one sets all four.
-    __slots__ = ("closed", "owner", "phase", "started")
+    # class defaults of ScopeContext, so a new one sets them all.
+    __slots__ = ("closed", "file_response", "owner", "phase", "started")
 
     closed: bool
+    #: The last ``FileResponse`` made while _PENDING_SLOW, weakly.
+    file_response: weakref.ref[Any] | None
     owner: int | None
     phase: int
     started: bool
 
 
-# _RequestContext.phase: in the handler's __call__, and no get_response wrapper
-# has taken it for its response yet (_PENDING) or one has (_TAKEN); after it,
-# until the response is closed (_DONE); closed, its loop torn down, and free for
-# the owner thread's next request (_IDLE). A nested request hands the context
-# back to an outer one in __call__.
-_IDLE, _DONE, _TAKEN, _PENDING = 0, 1, 2, 3
+# _RequestContext.phase, in the handler's __call__: no response carries it yet
+# (_PENDING), or not yet and __call__ must look harder for the response it
+# returns, because a nested request ran or a FileResponse was made
+# (_PENDING_SLOW), or a get_response wrapper has attached it to its response
+# (_TAKEN). After __call__, until the response is closed: _DONE. Closed, its
+# loop torn down, and free for the owner thread's next request: _IDLE.
+_IDLE, _DONE, _TAKEN, _PENDING, _PENDING_SLOW = 0, 1, 2, 3, 4
 _new = object.__new__
 _get_ident = threading.get_ident
 
@@ -99,7 +108,7 @@ def scope_of(response: Any) -> ScopeContext | None:
 
 
 #: ``django.http.response.HttpResponseBase`` once `enable` has imported it.
-_HttpResponseBase: type = type(None)
+_HttpResponseBase: Any = type(None)
 #: ``django.http.response.FileResponse`` once `enable` has imported it.
 _FileResponse: type = type(None)
 
@@ -141,6 +150,7 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
             outer = context
             context = _new(_RequestContext)
             context.closed = context.started = False
+            context.file_response = None
             context.owner = _get_ident()
             context.phase = _PENDING
             # AsyncSingleThreadContext.__init__ only sets token: set it here.
@@ -155,19 +165,25 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
             raise
         else:
             phase = context.phase
-            if phase == _TAKEN:
+            if phase == _PENDING:
+                # WSGIHandler: what it returns is the response, or the server's
+                # wsgi.file_wrapper (then a FileResponse made it _PENDING_SLOW).
+                if isinstance(result, _HttpResponseBase):
+                    result._loopshare_scope = context
+                    context.phase = _DONE
+                else:
+                    _end(context)
+            elif phase == _TAKEN:
                 context.phase = _DONE
-            elif phase == _PENDING:  # no get_response wrapper saw the response
+            elif phase == _PENDING_SLOW:
                 if _attach(result, context):
                     context.phase = _DONE
                 else:
                     _end(context)
             # _IDLE: the response was closed already (the test client does).
         finally:
-            if type(outer) is _RequestContext and outer.phase >= _TAKEN:
-                # An in-process request inside another one (a view using the
-                # test client): hand the outer request its context back.
-                _current_context.set(outer)
+            if outer is not None and type(outer) is _RequestContext:
+                _hand_back(outer)
         return result
 
     return __call__
@@ -179,6 +195,7 @@ def _end(context: _RequestContext) -> None:
     Called in the owner thread: only that thread's next request reopens it.
     """
     context.phase = _IDLE
+    context.file_response = None
     if context.started:
         context.close()  # tears its loop down, on the loop's thread
         context.started = False
@@ -186,13 +203,37 @@ def _end(context: _RequestContext) -> None:
         context.closed = True
 
 
+def _hand_back(outer: _RequestContext) -> None:
+    """An in-process request inside another one (a view using the test client)
+    has ended: give the outer request its context back, if it is in flight."""
+    if outer.phase >= _TAKEN:
+        _current_context.set(outer)
+        if outer.phase == _PENDING:
+            # The inner response may be what the outer request returns.
+            outer.phase = _PENDING_SLOW
+
+
 def _attach(result: Any, context: _RequestContext) -> bool:
-    """No patched get_response saw the response (a handler subclass of unknown
-    shape): attach the context to the response if that is what we got."""
-    if isinstance(result, _HttpResponseBase) and scope_of(result) is None:
-        setattr(result, SCOPE_ATTR, context)
-        return True
-    return False
+    """Attach *context* to the response behind *result*, which `__call__` got
+    back from a request that made a ``FileResponse`` or a nested request.
+
+    *result* is the response, unless it already carries a context (an inner
+    request's, returned as is), or the server's ``wsgi.file_wrapper`` around the
+    file of the FileResponse made last: ``WSGIHandler`` set the file's ``close``
+    to the response's just before it built the wrapper.
+    """
+    ref, context.file_response = context.file_response, None
+    if isinstance(result, _HttpResponseBase):
+        response = result
+    else:
+        response = ref() if ref is not None else None
+        stream = getattr(response, "file_to_stream", None)
+        if response is None or getattr(stream, "close", None) != response.close:
+            return False
+    if scope_of(response) is not None:
+        return False
+    setattr(response, SCOPE_ATTR, context)
+    return True
 
 
 def _forget_idle_context() -> None:
@@ -220,20 +261,21 @@ def _wrap_get_response(
 
     def get_response(self: Any, request: Any) -> Any:
         context = _current_context.get(None)
-        if type(context) is not _RequestContext or context.phase != _PENDING:
+        if type(context) is not _RequestContext or context.phase < _PENDING:
             if original is None:
                 return super(parent, self).get_response(request)
             return original(self, request)
         # Hidden from inner get_response wrappers: only the response the
         # handler gets back carries the context.
-        context.phase = _TAKEN
+        phase, context.phase = context.phase, _TAKEN
+        context.file_response = None  # this wrapper attaches the response
         try:
             if original is None:
                 response = super(parent, self).get_response(request)
             else:
                 response = original(self, request)
         except BaseException:
-            context.phase = _PENDING  # the handler may still answer with a response
+            context.phase = phase  # the handler may still answer with a response
             raise
         response._loopshare_scope = context
         return response
@@ -243,18 +285,40 @@ def _wrap_get_response(
     return get_response
 
 
+def _wrap_file_response_init(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        context = _current_context.get(None)
+        if type(context) is _RequestContext and context.phase >= _PENDING:
+            # WSGIHandler may hand its file to the server's wsgi.file_wrapper
+            # and return that instead: let __call__ find the response.
+            context.file_response = weakref.ref(self)
+            context.phase = _PENDING_SLOW
+
+    return __init__
+
+
 def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
     @functools.wraps(original)
     def close(self: Any) -> None:
-        # Attribute access only: vars(self) would turn the instance's inline
-        # attribute values into a dict and de-specialize every attribute
-        # access Django makes on responses (CPython 3.11+).
-        context: _RequestContext | None = self._loopshare_scope
+        # Attribute access only, and no class default: a class attribute of
+        # the same name keeps LOAD_ATTR and STORE_ATTR from specializing, and
+        # vars(self) would turn the instance's inline attribute values into a
+        # dict and de-specialize every attribute access Django makes on
+        # responses (CPython 3.11+).
+        if _enabled:
+            try:
+                context: _RequestContext | None = self._loopshare_scope
+            except AttributeError:  # not served through a patched handler
+                context = None
+        else:  # disabled: most responses have none, and raising costs more
+            context = getattr(self, SCOPE_ATTR, None)
         if context is None:
             original(self)
             return
         self._loopshare_scope = None
-        if _current_context.get(None) is context and context.owner == _get_ident():
+        if _current_context.get(None) is context:
             # The usual case: closed where __call__ left the context set. It
             # stays set, closed, for this thread's next request to reopen: a
             # call made in between behaves as stock asgiref.
@@ -333,7 +397,7 @@ def _targets() -> list[tuple[type, str, Callable[[Any], Any]]]:
     return [
         (HttpResponseBase, "close", _wrap_close),
         (WSGIHandler, "__call__", _wrap_call),
-        (WSGIHandler, "get_response", _wrap_get_response),
+        (FileResponse, "__init__", _wrap_file_response_init),
         (ClientHandler, "__call__", _wrap_call),
         (ClientHandler, "get_response", _wrap_get_response),
         # Handlers that override get_response without calling super().
@@ -374,10 +438,6 @@ def enable() -> None:
                 wrapper = make_wrapper(previous)
             setattr(cls, name, wrapper)
             _patches.append(_Patch(cls, name, previous, wrapper))
-        if not hasattr(_HttpResponseBase, SCOPE_ATTR):
-            # The default every response without a scope reads (kept after
-            # disable(), like the close() wrapper that reads it).
-            setattr(_HttpResponseBase, SCOPE_ATTR, None)
         _enabled = True
 
 

@@ -460,6 +460,21 @@ def test_a_request_made_inside_a_request_gives_the_outer_one_its_loop_back(
     assert loops[0].is_closed()
 
 
+def test_a_view_returning_a_nested_requests_open_response_ends_both_loops(
+    serve: Serve, loops_seen: list[asyncio.AbstractEventLoop]
+) -> None:
+    def outer_view(request: Any) -> Any:
+        # Streaming: the test client leaves it open, its request's loop too.
+        return Client().get("/stream/sync/")
+
+    served = serve_view(serve, outer_view)
+    assert served.status.startswith("200")
+    outer_loop, inner_loop = loops_seen[:2]  # the two request_started receivers
+    assert outer_loop is not inner_loop
+    assert outer_loop.is_closed()
+    assert inner_loop.is_closed()
+
+
 def test_a_request_inside_a_request_that_raises_gives_the_outer_one_its_loop_back(
     serve: Serve,
     keep: Callable[[], Awaitable[None]],
