@@ -1,18 +1,21 @@
-"""Instructions per WSGI-only request, counted by callgrind: a figure noise cannot move.
+"""Instructions per WSGI-only request, counted by callgrind: no scheduling noise.
 
 CPU time on a shared 2-core machine moves by a few per cent between identical
 batches, as much as the adapter's cost on a request that never awaits. An
 instruction count does not: it is the same every run for the same process
-layout. Optional - it runs only where ``valgrind`` is on PATH (a Debian
+layout. The layout does move it: CPython's type attribute cache is
+direct-mapped and indexed by addresses, so which lookups collide (a miss walks
+the MRO) depends on it, and on the version tags that patching classes renumbers.
+Optional - it runs only where ``valgrind`` is on PATH (a Debian
 package, not a pip one).
 
 Each count is the difference between a run of ``small`` and one of ``large``
 requests, divided by the difference, so start-up and warm-up cancel. The
 requests run on a non-main thread with the cyclic GC off (no collection lands
 in one run and not the other). The stack and heap layout alone moves a
-request's count by about 1 %, so each side is counted under several
-environment sizes (which shift that layout) and the mean is reported; the
-sides are compared at the same sizes.
+request's count by up to 0.4 % (the sides' difference by 1-2k), so each side
+is counted under several environment sizes (which shift that layout) and the
+mean is reported; the sides are compared at the same sizes.
 
 Run as ``python -m loopbench.instructions SIDE N PATH`` under valgrind: serves
 N requests with the adapter switched on (``loopshare``) or off (``stock``).

@@ -192,7 +192,14 @@ def run_wsgi_only(config: Config) -> list[Section]:
             f"Instructions (callgrind, mean of {len(instructions.PADS)} process "
             f"layouts): the adapter adds {added / 1000:+.1f}k to a "
             f"{stock_ir / 1000:.0f}k-instruction request ({pct(added / stock_ir)}); "
-            "the CPU time above moves by as much between identical batches."
+            "the CPU time above moves by as much between identical batches. "
+            "The count is not free of layout either: CPython's type attribute "
+            "cache is direct-mapped, indexed by type version tags and name "
+            "addresses, and patching a class renumbers the version tags of it and "
+            "its subclasses, so which lookups collide changes with the patch and "
+            "with the process layout. A few cache misses more or fewer per request "
+            "move the count by 1-2k, so a change to the wrappers shows in this "
+            "figure only when it is larger than that."
         )
     elif not config.smoke:
         section.findings.append(
