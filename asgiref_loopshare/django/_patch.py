@@ -77,7 +77,7 @@ class _RequestContext(ScopeContext):
     __slots__ = ("closed", "file_response", "owner", "phase", "started")
 
     closed: bool
-    #: The last ``FileResponse`` made while _PENDING_SLOW, weakly.
+    #: The last ``FileResponse`` made while the context was pending, weakly.
     file_response: weakref.ref[Any] | None
     owner: int | None
     phase: int
@@ -321,7 +321,10 @@ def _wrap_close(original: Callable[[Any], None]) -> Callable[[Any], None]:
         if _current_context.get(None) is context:
             # The usual case: closed where __call__ left the context set. It
             # stays set, closed, for this thread's next request to reopen: a
-            # call made in between behaves as stock asgiref.
+            # call made in between behaves as stock asgiref. (A copy of that
+            # contextvars context closing it in another thread may end it
+            # here too: only the owner's calls use its loop, and only the
+            # owner's __call__ reopens it.)
             try:
                 original(self)
             finally:
