@@ -235,6 +235,18 @@ def test_close_on_another_thread_runs_request_finished_on_the_request_loop(
     assert len(set(loops.values())) == 1
 
 
+@pytest.mark.usefixtures("probes")
+def test_close_in_a_copy_of_the_request_context_on_another_thread_uses_the_request_loop(
+    serve: Serve,
+) -> None:
+    served = serve("/sync/", probe_id="copied")
+    copy = contextvars.copy_context()  # the request thread's, request context set
+    run_in_thread(lambda: copy.run(served.close))
+    loops = loops_of("copied")
+    assert "request_finished" in loops
+    assert len(set(loops.values())) == 1
+
+
 def test_close_leaves_the_closing_threads_context_as_it_found_it(
     serve: Serve,
 ) -> None:
