@@ -99,10 +99,8 @@ class ContextExecutor(LoopExecutor):
 
 def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | None:
     """The context's executor, created on first use; ``None`` means "go stock"."""
-    if isinstance(context, ScopeContext):
-        owner = context.owner
-        if owner is not None and owner != _get_ident():
-            return None  # a copy of the owner thread's contextvars: stock here
+    if isinstance(context, ScopeContext) and _owned_elsewhere(context):
+        return None  # a copy of the owner thread's contextvars: stock here
     executors = AsyncToSync.context_to_thread_executor
     executor = executors.get(context)
     if isinstance(executor, ContextExecutor) and not executor.forked:
@@ -151,11 +149,16 @@ class ScopeContext(AsyncSingleThreadContext):
             executor.shutdown()
 
 
+def _owned_elsewhere(context: ScopeContext) -> bool:
+    """Whether *context* takes only another thread's calls (`ScopeContext.owner`)."""
+    owner = context.owner
+    return owner is not None and owner != _get_ident()
+
+
 def _is_closed(context: AsyncSingleThreadContext) -> bool:
     """Whether calls in this thread must treat *context* as not set."""
     if isinstance(context, ScopeContext):
-        owner = context.owner
-        return context.closed or (owner is not None and owner != _get_ident())
+        return context.closed or _owned_elsewhere(context)
     return context in _closed_contexts
 
 
