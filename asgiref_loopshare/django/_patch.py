@@ -13,7 +13,7 @@ How a request is followed from start to end without a reference cycle:
   context never refers to the response. ``WSGIHandler.__call__`` returns the
   response itself, so its wrapper stores it there; or, for a ``FileResponse``
   and a server with ``wsgi.file_wrapper``, the server's wrapper around the
-  file: ``FileResponse.__init__`` is wrapped to note the response (weakly) for
+  file: ``FileResponse.__init__`` is wrapped to note the responses (weakly) for
   that case. ``get_response`` of the test client's handler and of the two
   static-files handlers that override it is wrapped: the outermost wrapper that
   finds the context not yet attached stores it on the response it returns.
@@ -53,7 +53,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from asgiref.sync import AsyncToSync
@@ -74,11 +74,11 @@ class _RequestContext(ScopeContext):
 
     # Slots, not dict entries: written on every request. Slots shadow the
     # class defaults of ScopeContext, so a new one sets them all.
-    __slots__ = ("closed", "file_response", "owner", "phase", "started")
+    __slots__ = ("closed", "file_responses", "owner", "phase", "started")
 
     closed: bool
-    #: The last ``FileResponse`` made while the context was pending, weakly.
-    file_response: weakref.ref[Any] | None
+    #: The ``FileResponse``s made while the context was pending, weakly.
+    file_responses: list[weakref.ref[Any]] | None
     owner: int | None
     phase: int
     started: bool
@@ -150,7 +150,7 @@ def _wrap_call(original: Callable[..., Any]) -> Callable[..., Any]:
             outer = context
             context = _new(_RequestContext)
             context.closed = context.started = False
-            context.file_response = None
+            context.file_responses = None
             context.owner = _get_ident()
             context.phase = _PENDING
             # AsyncSingleThreadContext.__init__ only sets token: set it here.
@@ -195,7 +195,7 @@ def _end(context: _RequestContext) -> None:
     Called in the owner thread: only that thread's next request reopens it.
     """
     context.phase = _IDLE
-    context.file_response = None
+    context.file_responses = None
     if context.started:
         context.close()  # tears its loop down, on the loop's thread
         context.started = False
@@ -219,21 +219,30 @@ def _attach(result: Any, context: _RequestContext) -> bool:
 
     *result* is the response, unless it already carries a context (an inner
     request's, returned as is), or the server's ``wsgi.file_wrapper`` around the
-    file of the FileResponse made last: ``WSGIHandler`` set the file's ``close``
-    to the response's just before it built the wrapper.
+    file of one of the FileResponses made: the one whose file's ``close`` is the
+    response's, which ``WSGIHandler`` set just before it built the wrapper.
     """
-    ref, context.file_response = context.file_response, None
+    refs, context.file_responses = context.file_responses, None
     if isinstance(result, _HttpResponseBase):
         response = result
     else:
-        response = ref() if ref is not None else None
-        stream = getattr(response, "file_to_stream", None)
-        if response is None or getattr(stream, "close", None) != response.close:
+        response = _wrapped_file_response(refs or ())
+        if response is None:
             return False
     if scope_of(response) is not None:
         return False
     setattr(response, SCOPE_ATTR, context)
     return True
+
+
+def _wrapped_file_response(refs: Iterable[weakref.ref[Any]]) -> Any:
+    """The response among *refs* whose file ``WSGIHandler`` handed to the server."""
+    for ref in refs:
+        response = ref()
+        stream = getattr(response, "file_to_stream", None)
+        if response is not None and getattr(stream, "close", None) == response.close:
+            return response
+    return None
 
 
 def _forget_idle_context() -> None:
@@ -268,7 +277,7 @@ def _wrap_get_response(
         # Hidden from inner get_response wrappers: only the response the
         # handler gets back carries the context.
         phase, context.phase = context.phase, _TAKEN
-        context.file_response = None  # this wrapper attaches the response
+        context.file_responses = None  # this wrapper attaches the response
         try:
             if original is None:
                 response = super(parent, self).get_response(request)
@@ -293,7 +302,11 @@ def _wrap_file_response_init(original: Callable[..., None]) -> Callable[..., Non
         if type(context) is _RequestContext and context.phase >= _PENDING:
             # WSGIHandler may hand its file to the server's wsgi.file_wrapper
             # and return that instead: let __call__ find the response.
-            context.file_response = weakref.ref(self)
+            refs = context.file_responses
+            if refs is None:
+                context.file_responses = [weakref.ref(self)]
+            else:  # the response returned may be any of them
+                refs.append(weakref.ref(self))
             context.phase = _PENDING_SLOW
 
     return __init__

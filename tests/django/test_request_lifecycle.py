@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +21,7 @@ from asgiref.sync import AsyncToSync, async_to_sync
 from conftest import Serve, Served, loopshare_threads, make_environ
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
-from django.http import HttpResponse
+from django.http import FileResponse, HttpResponse
 from django.test import Client
 from django.test.utils import override_settings
 from loopshare_example import probe
@@ -204,6 +205,26 @@ def test_a_file_response_with_file_wrapper_returns_the_servers_wrapper(
     loops = loops_of("wrapped")
     assert "request_finished" in loops
     assert len(set(loops.values())) == 1
+
+
+def test_a_file_response_made_before_another_one_ends_the_loop_on_close(
+    serve: Serve, loops_seen: list[asyncio.AbstractEventLoop]
+) -> None:
+    def view(request: Any) -> FileResponse:
+        returned = FileResponse(io.BytesIO(b"returned"))
+        FileResponse(io.BytesIO(b"discarded"))  # made last, never served
+        return returned
+
+    urls_for_tests.swap_view(view)
+    with override_settings(ROOT_URLCONF="urls_for_tests"):
+        served = serve("/swap/", file_wrapper=FileWrapper)
+    assert type(served.result) is FileWrapper
+    assert served.body() == b"returned"
+    [started_loop] = loops_seen
+    assert not started_loop.is_closed()  # the context lasts until close()
+    served.close()
+    assert loops_seen == [started_loop, started_loop]  # request_finished too
+    assert started_loop.is_closed()
 
 
 def run_in_thread(function: Callable[[], None]) -> None:
