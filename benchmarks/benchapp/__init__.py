@@ -1,4 +1,4 @@
-"""A minimal Django project for the benchmarks (no database, no templates).
+"""The Django project of the benchmarks (no database, no templates).
 
 ``BENCH_PROFILE`` (environment) picks the middleware and signal receivers:
 
@@ -10,5 +10,7 @@
   9 times + an async view;
 - ``redis``: views using a module-level ``redis.asyncio`` client, closed by an
   async ``request_finished`` receiver (scenario 5);
-- ``mixed``: sync, async and fan-out views behind sync middleware (scenario 6).
+- ``mixed``: sync, async and fan-out views behind sync middleware (scenario 6);
+- ``project``: the middleware and contrib apps ``django-admin startproject``
+  writes, nothing async (scenario 3's second A/B).
 """

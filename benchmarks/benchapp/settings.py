@@ -17,13 +17,32 @@ _MIDDLEWARE = {
     "k10": [*_BASE, "benchapp.middleware.sync_calls_async"],
     "redis": [*_BASE, "benchapp.middleware.sync_only"],
     "mixed": [*_BASE, "benchapp.middleware.sync_only"],
+    # A WSGI-only project as `django-admin startproject` lays it out.
+    "project": [
+        "django.middleware.security.SecurityMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ],
 }
+_CONTRIB_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+]
 
 SECRET_KEY = "benchmarks-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "benchapp.urls"
-INSTALLED_APPS = ["benchapp.apps.BenchConfig"]
+INSTALLED_APPS = [
+    *(_CONTRIB_APPS if PROFILE == "project" else []),
+    "benchapp.apps.BenchConfig",
+]
 MIDDLEWARE = _MIDDLEWARE[PROFILE]
 DATABASES: dict[str, object] = {}
 USE_TZ = True
