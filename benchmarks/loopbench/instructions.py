@@ -42,9 +42,9 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def _collected(side: str, n: int, pad: int, path: str) -> int:
+def _collected(side: str, n: int, pad: int, path: str, profile: str) -> int:
     env = worker_env(
-        {"BENCH_PROFILE": "wsgi", "PYTHONHASHSEED": "0", "LOOPBENCH_PAD": "x" * pad}
+        {"BENCH_PROFILE": profile, "PYTHONHASHSEED": "0", "LOOPBENCH_PAD": "x" * pad}
     )
     command = [
         "valgrind",
@@ -71,11 +71,17 @@ def per_request(
     path: str = "/sync/",
     small: int = 100,
     large: int = 300,
+    profile: str = "wsgi",
 ) -> dict[str, list[float]]:
-    """Instructions per request for each side, one figure per layout in `PADS`."""
+    """Instructions per request for each side, one figure per layout in `PADS`.
+
+    *profile* is the benchmark project's ``BENCH_PROFILE``.
+    """
     jobs = [(side, n, pad) for side in sides for pad in PADS for n in (small, large)]
     with ThreadPoolExecutor(2) as pool:
-        counts = dict(zip(jobs, pool.map(lambda job: _collected(*job, path), jobs)))
+        counts = dict(
+            zip(jobs, pool.map(lambda job: _collected(*job, path, profile), jobs))
+        )
     return {
         side: [
             (counts[side, large, pad] - counts[side, small, pad]) / (large - small)
