@@ -21,6 +21,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import atexit
+import collections
 import contextlib
 import contextvars
 import enum
@@ -28,7 +29,6 @@ import functools
 import itertools
 import logging
 import os
-import queue
 import threading
 import warnings
 import weakref
@@ -97,13 +97,58 @@ _Job = Callable[[], None]
 _worker_names = itertools.count(1)
 
 
+class _JobQueue:
+    """A worker's jobs; `put` wakes the worker through a pipe, GIL released.
+
+    A worker woken by a lock or a queue wakes while the thread that put the
+    job still holds the GIL: on one CPU it runs, finds the GIL taken and
+    sleeps again, about three thread switches per call where one does
+    (``getrusage``). ``os.write`` releases the GIL before it wakes the worker,
+    as asyncio's ``call_soon_threadsafe`` does with its self-pipe.
+    """
+
+    __slots__ = ("__weakref__", "_jobs", "_reader", "_writer")
+
+    def __init__(self) -> None:
+        # One consumer (the worker): deque.append/popleft are thread-safe.
+        self._jobs: collections.deque[_Job | None] = collections.deque()
+        self._reader, self._writer = os.pipe()
+        with contextlib.suppress(AttributeError, OSError):  # no set_blocking
+            # A full pipe means wake-ups are pending already: never block.
+            os.set_blocking(self._writer, False)
+        _job_queues.add(self)
+
+    def put(self, job: _Job | None) -> None:
+        self._jobs.append(job)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._writer, b"\0")
+
+    def get(self) -> _Job | None:
+        """The next job, waiting for one (the worker thread only)."""
+        jobs = self._jobs
+        while not jobs:
+            os.read(self._reader, 4096)  # a byte per put; extra ones are harmless
+        return jobs.popleft()
+
+    def close(self) -> None:
+        """Close the pipe (once nothing will put to or get from this queue)."""
+        _job_queues.discard(self)
+        for fd in (self._reader, self._writer):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+#: Every queue whose pipe is open: a forked child closes the parent's.
+_job_queues: weakref.WeakSet[_JobQueue] = weakref.WeakSet()
+
+
 class _Worker:
     """A daemon thread running jobs from its own queue, one after another."""
 
     __slots__ = ("jobs", "thread")
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.jobs = _JobQueue()
         self.thread = threading.Thread(
             target=self._run,
             args=(self.jobs,),
@@ -113,10 +158,13 @@ class _Worker:
         self.thread.start()
 
     @staticmethod
-    def _run(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    def _run(jobs: _JobQueue) -> None:
         while True:
             job = jobs.get()
             if job is None:
+                # The last put (released by the pool, or the pool closed):
+                # nothing writes to the pipe after it, so its numbers can go.
+                jobs.close()
                 return
             job()
             del job
@@ -181,10 +229,14 @@ def _close_pool_at_exit() -> None:
 
 
 def _reset_after_fork() -> None:
-    # The parent's workers do not exist in the child: start from nothing.
+    # The parent's workers do not exist in the child: start from nothing, and
+    # close the pipes of their queues (nothing in the child uses them: an
+    # executor from the parent never touches its worker here).
     global _pool, _pid
     _pool = _WorkerPool()
     _pid = os.getpid()
+    for jobs in list(_job_queues):
+        jobs.close()
 
 
 def current_pid() -> int:

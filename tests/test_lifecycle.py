@@ -240,6 +240,25 @@ def test_closing_the_pool_stops_idle_workers() -> None:
     assert not worker.thread.is_alive()
 
 
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_stopped_workers_close_their_wake_up_pipes() -> None:
+    before = _open_fds()
+    pool = _loop._WorkerPool()
+    _loop.configure(max_idle_workers=1)
+    workers = [pool.acquire() for _ in range(3)]
+    for worker in workers:
+        pool.release(worker)  # two are stopped at once, one stays idle
+    pool.close()  # stops the idle one
+    for worker in workers:
+        worker.thread.join(5)
+        assert not worker.thread.is_alive()
+    assert _open_fds() == before
+
+
 def test_abandoned_executor_is_torn_down_on_its_thread() -> None:
     executor = _loop.LoopExecutor()
 
@@ -404,6 +423,37 @@ def test_forked_child_starts_with_an_empty_pool(
         idle_in_child = int(pipe.read())
     os.waitpid(pid, 0)
     assert idle_in_child == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_closes_the_wake_up_pipes_of_the_parents_workers(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    with AsyncSingleThreadContext():
+        async_to_sync(loop_and_thread)()
+    parents = [fd for jobs in _loop._job_queues for fd in (jobs._reader, jobs._writer)]
+    assert parents
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            still_open = 0
+            for fd in parents:
+                try:
+                    os.fstat(fd)
+                except OSError:
+                    continue
+                still_open += 1
+            os.write(write_end, str(still_open).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        open_in_child = int(pipe.read())
+    os.waitpid(pid, 0)
+    assert open_in_child == 0
+    for fd in parents:
+        os.fstat(fd)  # still open here, in the parent
 
 
 def test_contexts_with_calls_leave_nothing_for_the_cyclic_gc(
