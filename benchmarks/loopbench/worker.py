@@ -25,6 +25,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -168,14 +169,22 @@ def _count(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any
     call(lambda: workload.prepare(arg))
     creations = Creations()
     before = threading.active_count()
+    switches = _context_switches()
     with creations.counting():
         call(lambda: workload.run(n, arg))
     return {
         "threads": creations.threads / n,
         "loops": creations.loops / n,
+        # Voluntary + involuntary, all threads of the process.
+        "switches": (_context_switches() - switches) / n,
         "threads_alive_before": before,
         "threads_alive_after": threading.active_count(),
     }
+
+
+def _context_switches() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def _gc(workload: Workload, call: _Caller, n: int, arg: Any) -> dict[str, Any]:

@@ -175,6 +175,7 @@ def _per_call(config: Config) -> Section:
             measured = pool.interleave(calls)
             harness.record(config, f"calls/context={calls}", measured)
             results[calls] = measured
+        switched = pool.count(100, n=config.scaled(20, 1))
         mem = pool.memory()
     table = Table(
         "CPU µs per call (wall µs) — ratio to loopshare in a context",
@@ -274,6 +275,17 @@ def _per_call(config: Config) -> Section:
         f"asgiref's `Local`, `main_wrap` and the contextvars copied both ways), "
         f"which loopshare keeps whole so that `sync_to_async` inside a call keeps "
         f"its thread-sensitive routing."
+    )
+    per_call = {name: switched[name]["switches"] / 100 for name in names}
+    section.findings.append(
+        f"Context switches per call (`getrusage`, voluntary + involuntary, all "
+        f"threads of the worker, one CPU, 100 calls per context): loopshare "
+        f"{per_call['loopshare_ctx']:.1f}, the bare hop "
+        f"{per_call['bare_hop']:.1f}, stock asgiref onto a running loop "
+        f"{per_call['asgiref_outer_loop']:.1f}. A queue or lock wakes the loop "
+        f"thread while the caller still holds the GIL, so the woken thread runs, "
+        f"waits for the GIL and sleeps again; asgiref's running loop is woken by a "
+        f"socket write, made with the GIL released."
     )
     one = results[1]
     section.findings.append(
