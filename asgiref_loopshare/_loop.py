@@ -131,11 +131,17 @@ class _JobQueue:
         return jobs.popleft()
 
     def close(self) -> None:
-        """Close the pipe (once nothing will put to or get from this queue)."""
+        """Close the pipe (once nothing will put to or get from this queue).
+
+        Idempotent: a descriptor number is closed once, never after the
+        system may have given it to another file.
+        """
         _job_queues.discard(self)
-        for fd in (self._reader, self._writer):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        fds, self._reader, self._writer = (self._reader, self._writer), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 #: Every queue whose pipe is open: a forked child closes the parent's.
