@@ -282,10 +282,11 @@ def _per_call(config: Config) -> Section:
         f"threads of the worker, one CPU, 100 calls per context): loopshare "
         f"{per_call['loopshare_ctx']:.1f}, the bare hop "
         f"{per_call['bare_hop']:.1f}, stock asgiref onto a running loop "
-        f"{per_call['asgiref_outer_loop']:.1f}. A queue or lock wakes the loop "
+        f"{per_call['asgiref_outer_loop']:.1f}. The bare hop's queue wakes its "
         f"thread while the caller still holds the GIL, so the woken thread runs, "
-        f"waits for the GIL and sleeps again; asgiref's running loop is woken by a "
-        f"socket write, made with the GIL released."
+        f"finds the GIL taken and sleeps again; loopshare's worker (a pipe write) "
+        f"and asgiref's running loop (a socket write) are woken by a system call "
+        f"made with the GIL released."
     )
     one = results[1]
     section.findings.append(
