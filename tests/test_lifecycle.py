@@ -404,6 +404,33 @@ def test_interpreter_exits_cleanly_with_a_context_never_exited() -> None:
     assert "Traceback" not in result.stderr
 
 
+def in_forked_child(count: Callable[[], int]) -> int:
+    """``count()`` run in a forked child, its result sent back through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, str(count()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = int(pipe.read())
+    os.waitpid(pid, 0)
+    return result
+
+
+def open_among(fds: list[int]) -> int:
+    still_open = 0
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        still_open += 1
+    return still_open
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_starts_with_an_empty_pool(
     async_to_sync: AsyncToSyncFactory,
@@ -411,18 +438,7 @@ def test_forked_child_starts_with_an_empty_pool(
     with AsyncSingleThreadContext():
         async_to_sync(loop_and_thread)()
     assert _loop.idle_workers() >= 1
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(write_end, str(_loop.idle_workers()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        idle_in_child = int(pipe.read())
-    os.waitpid(pid, 0)
-    assert idle_in_child == 0
+    assert in_forked_child(_loop.idle_workers) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -433,27 +449,8 @@ def test_forked_child_closes_the_wake_up_pipes_of_the_parents_workers(
         async_to_sync(loop_and_thread)()
     parents = [fd for jobs in _loop._job_queues for fd in (jobs._reader, jobs._writer)]
     assert parents
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            still_open = 0
-            for fd in parents:
-                try:
-                    os.fstat(fd)
-                except OSError:
-                    continue
-                still_open += 1
-            os.write(write_end, str(still_open).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        open_in_child = int(pipe.read())
-    os.waitpid(pid, 0)
-    assert open_in_child == 0
-    for fd in parents:
-        os.fstat(fd)  # still open here, in the parent
+    assert in_forked_child(lambda: open_among(parents)) == 0
+    assert open_among(parents) == len(parents)  # still open in the parent
 
 
 def test_contexts_with_calls_leave_nothing_for_the_cyclic_gc(
