@@ -448,9 +448,14 @@ def verdict(
     (inconclusive) if it straddles the target; with the interval as text.
     """
     paired, low, high = measured.paired_ratio_ci(base)
+    return judged(low, high, ok), f"paired {paired:.2f}, 95 % CI {low:.2f}-{high:.2f}"
+
+
+def judged(low: float, high: float, ok: Callable[[float], bool]) -> bool | None:
+    """True if both ends of an interval pass ``ok``, False if neither does,
+    None (inconclusive) if it straddles the target."""
     passes = ok(low), ok(high)
-    met = True if all(passes) else False if not any(passes) else None
-    return met, f"paired {paired:.2f}, 95 % CI {low:.2f}-{high:.2f}"
+    return True if all(passes) else False if not any(passes) else None
 
 
 def record(config: Config, prefix: str, measured: dict[str, Measured]) -> None:

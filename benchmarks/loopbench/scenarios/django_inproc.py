@@ -166,7 +166,7 @@ def run_wsgi_only(config: Config) -> list[Section]:
             f"{pct(high - 1)} ({us(ab['loopshare'].cpu_us)} vs "
             f"{us(ab['stock'].cpu_us)} µs); separate processes: {pct(overhead)} gc "
             f"on, {pct(overhead_off)} gc off{_instructions_note(counted)}",
-            _within(low, high, 1.02),
+            harness.judged(low, high, _within_two_percent),
         ),
         Goal(
             "WSGI-only overhead, `startproject` middleware",
@@ -176,7 +176,7 @@ def run_wsgi_only(config: Config) -> list[Section]:
             f"({us(project_ab['loopshare'].cpu_us)} vs "
             f"{us(project_ab['stock'].cpu_us)} µs)"
             f"{_instructions_note(project_counted)}",
-            _within(project_low, project_high, 1.02),
+            harness.judged(project_low, project_high, _within_two_percent),
         ),
         Goal(
             "WSGI-only creates nothing",
@@ -248,9 +248,8 @@ def run_wsgi_only(config: Config) -> list[Section]:
     return [section]
 
 
-def _within(low: float, high: float, limit: float) -> bool | None:
-    """Met if the whole interval is within *limit*, missed if none of it is."""
-    return True if high <= limit else False if low > limit else None
+def _within_two_percent(ratio: float) -> bool:
+    return ratio <= 1.02
 
 
 def _instructions_note(counted: dict[str, list[float]] | None) -> str:
