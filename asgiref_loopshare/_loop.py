@@ -120,8 +120,10 @@ class _JobQueue:
 
     def put(self, job: _Job | None) -> None:
         self._jobs.append(job)
-        with contextlib.suppress(BlockingIOError):
+        try:  # noqa: SIM105 - contextlib.suppress() costs more, once per call
             os.write(self._writer, b"\0")
+        except BlockingIOError:  # a full pipe: wake-ups are pending already
+            pass
 
     def get(self) -> _Job | None:
         """The next job, waiting for one (the worker thread only)."""
