@@ -316,7 +316,9 @@ def _call_on_shared_loop(
 
     call_result: _CallResult[_R] = _CallResult()
     # Idle in this thread for thread-sensitive sync_to_async calls, as stock.
-    current_executor, pushed = _current_executor.push_current(CurrentThreadExecutor)
+    current_executor, pushed = _current_executor.push_current(
+        _current_executor.LeanCurrentThreadExecutor
+    )
     context = [contextvars.copy_context()]
     # main_wrap re-raises the caller's exception in the coroutine, which
     # appends main_wrap's frame to its traceback: exception -> traceback ->

@@ -44,6 +44,8 @@ from typing import Any, TypeVar
 from asgiref import current_thread_executor as _cte_module
 from asgiref.current_thread_executor import CurrentThreadExecutor
 
+from asgiref_loopshare._current_executor import LeanCurrentThreadExecutor
+
 __all__ = ["SharedEventLoop", "new_event_loop"]
 
 _T = TypeVar("_T")
@@ -126,6 +128,9 @@ def _supported() -> bool:
 
 
 _SUPPORTED = _supported()
+#: asgiref's class and the package's own (`_current_executor`), exactly: a
+#: subclass of either may override ``submit``.
+_CURRENT_THREAD_EXECUTORS = (CurrentThreadExecutor, LeanCurrentThreadExecutor)
 
 
 def _submit(
@@ -197,10 +202,10 @@ class SharedEventLoop(asyncio.SelectorEventLoop):
         func: Callable[..., _T],
         *args: Any,
     ) -> asyncio.Future[_T]:
-        if type(executor) is CurrentThreadExecutor and not self.get_debug():
+        if type(executor) in _CURRENT_THREAD_EXECUTORS and not self.get_debug():
             if self.is_closed():
                 raise RuntimeError("Event loop is closed")
-            return _submit(self, executor, func, args)
+            return _submit(self, executor, func, args)  # type: ignore[arg-type]
         return super().run_in_executor(executor, func, *args)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -125,7 +126,7 @@ def after_push_and_pop(
         if pop is None:
             _current_executor.pop_current(pushed)
         else:
-            pop(pushed.old)
+            pop(pushed[0])
         return visible_state()
 
     return in_fresh_context(run)
@@ -229,3 +230,114 @@ def test_restore_context_leaves_what_asgirefs_leaves(
     ours = in_fresh_context(lambda: run(_current_executor.restore_context))
     assert ours == in_fresh_context(lambda: run(_asgiref_sync._restore_context))
     assert ours[1] == ("set in the call" if change is set_local else "before the call")
+
+
+# -- LeanCurrentThreadExecutor: asgiref's executor with a cheaper Condition
+
+
+def test_a_call_waits_in_a_current_thread_executor_of_asgiref(
+    installed: None,
+) -> None:
+    from asgiref.current_thread_executor import CurrentThreadExecutor
+    from asgiref.sync import AsyncSingleThreadContext, async_to_sync
+
+    async def current() -> Any:
+        return AsyncToSync.executors.current
+
+    with AsyncSingleThreadContext():
+        executor = async_to_sync(current)()
+    assert isinstance(executor, CurrentThreadExecutor)
+    assert executor._work_thread is threading.current_thread()
+
+
+def test_a_stock_executor_built_on_a_lean_one_hands_work_down_to_it() -> None:
+    from asgiref.current_thread_executor import CurrentThreadExecutor
+
+    lean = _current_executor.LeanCurrentThreadExecutor(None)
+    stock = CurrentThreadExecutor(lean)
+    stock._broken = True  # its own wait is over, as after its call returned
+    done: Future[None] = Future()
+    ran_in: list[threading.Thread] = []
+
+    def submit_from_elsewhere() -> None:
+        stock.submit(lambda: ran_in.append(threading.current_thread())).result()
+        done.set_result(None)
+
+    threading.Thread(target=submit_from_elsewhere).start()
+    lean.run_until_future(done)
+    assert ran_in == [threading.current_thread()]
+
+
+def test_running_a_lean_executor_from_another_thread_raises_as_asgiref_does() -> None:
+    from asgiref.current_thread_executor import CurrentThreadExecutor
+
+    errors = []
+    for make in (CurrentThreadExecutor, _current_executor.LeanCurrentThreadExecutor):
+        executor = make(None)
+        caught: list[BaseException] = []
+
+        def run(executor: Any = executor, caught: list[BaseException] = caught) -> None:
+            try:
+                executor.run_until_future(object())
+            except RuntimeError as error:
+                caught.append(error)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        errors.append([str(exc) for exc in caught])
+    assert errors[0] == errors[1] != []
+
+
+def test_work_ready_wait_returns_false_when_nobody_notifies() -> None:
+    ready = _current_executor._WorkReady()
+    with ready:
+        assert ready.wait(0.01) is False
+
+
+def test_work_ready_notify_with_nobody_waiting_wakes_no_later_wait() -> None:
+    ready = _current_executor._WorkReady()
+    with ready:
+        ready.notify()
+        assert ready.wait(0.01) is False
+
+
+def test_work_ready_notify_from_another_thread_wakes_the_waiter() -> None:
+    ready = _current_executor._WorkReady()
+    notified = threading.Event()
+
+    def notify() -> None:
+        with ready:
+            ready.notify()
+        notified.set()
+
+    with ready:
+        threading.Thread(target=notify).start()
+        # Bounded only so that a broken notify fails instead of hanging.
+        assert ready.wait(30) is True
+    assert notified.wait(30)
+
+
+def test_work_ready_takes_a_notify_that_lands_after_the_timeout() -> None:
+    ready = _current_executor._WorkReady()
+
+    class NotifyDuringTimeout:
+        """The wake lock, timing out just as a notify lands."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock = lock
+
+        def release(self) -> None:
+            self.lock.release()
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if blocking:
+                ready.notify()  # lands after this wait gave up, before relock
+                return False
+            return bool(self.lock.acquire(blocking))
+
+    ready._wake = NotifyDuringTimeout(ready._wake)  # type: ignore[assignment]
+    with ready:
+        assert ready.wait(0.01) is True  # notified: the wake-up is taken
+        assert ready._sleeping is False
+    assert not ready._wake.lock.acquire(False)  # and consumed: still held
