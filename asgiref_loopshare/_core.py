@@ -26,11 +26,13 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable
-from types import FrameType
+from types import FrameType, FunctionType
 from typing import Any, Generic, TypeVar
 
+from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
@@ -48,7 +50,9 @@ __all__ = [
     "LoopScope",
     "ScopeContext",
     "loopshare_call",
+    "loopshare_init",
     "stock_call",
+    "stock_init",
 ]
 
 _R = TypeVar("_R")
@@ -68,6 +72,45 @@ logger = logging.getLogger("asgiref_loopshare")
 
 #: asgiref's own ``AsyncToSync.__call__``, captured before any patching.
 stock_call: Callable[..., Any] = AsyncToSync.__call__
+#: asgiref's own ``AsyncToSync.__init__``, captured before any patching.
+stock_init: Callable[..., None] = AsyncToSync.__init__
+#: asgiref 3.10 / 3.11 also note the running loop, if any, on the instance.
+_INIT_NOTES_LOOP = "get_running_loop" in stock_init.__code__.co_names
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
+def loopshare_init(
+    self: AsyncToSync[Any, Any], awaitable: Any, force_new_loop: bool = False
+) -> None:
+    """``AsyncToSync.__init__``: the same attributes and warning, for less.
+
+    ``async_to_sync(f)(...)`` builds an ``AsyncToSync`` per call. asgiref's
+    ``__init__`` raises and catches an AttributeError for every callable
+    without ``__self__`` (any plain function) and takes ``inspect``'s general
+    path for a plain ``async def`` function too: ~8k instructions, 4 % of an
+    in-context call. Here such a function is recognised by its code flags, as
+    ``inspect.iscoroutinefunction`` ends up doing, and ``__self__`` is read
+    with a default; anything else goes through asgiref's own checks.
+    """
+    if not (
+        type(awaitable) is FunctionType and awaitable.__code__.co_flags & _CO_COROUTINE
+    ):
+        iscoroutinefunction = _asgiref_sync.iscoroutinefunction
+        if not callable(awaitable) or (
+            not iscoroutinefunction(awaitable)
+            and not iscoroutinefunction(getattr(awaitable, "__call__", awaitable))  # noqa: B004
+        ):
+            warnings.warn(
+                "async_to_sync was passed a non-async-marked callable", stacklevel=2
+            )
+    self.awaitable = awaitable
+    bound_to = getattr(awaitable, "__self__", _MISSING)
+    if bound_to is not _MISSING:
+        self.__self__ = bound_to
+    self.force_new_loop = force_new_loop
+    if _INIT_NOTES_LOOP:
+        self.main_event_loop = asyncio._get_running_loop()  # type: ignore[attr-defined]
+
 
 _MISSING = object()
 
@@ -85,6 +128,10 @@ class ContextExecutor(LoopExecutor):
         super().__init__(default_loop_factory=_handoff.new_event_loop)
         self._context = weakref.ref(context)
         self.sigint_guard: _SigintGuard | None = None
+        #: The thread `sigint_guard` was looked up for (`_SigintGuard.for_call`).
+        self.sigint_ident: int | None = None
+        #: The process that made it: a forked child never uses its parent's.
+        self.pid = current_pid()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         context = self._context()
@@ -92,15 +139,28 @@ class ContextExecutor(LoopExecutor):
             context.closed = True
         elif context is not None:
             _closed_contexts.add(context)
+        if context is not None and getattr(context, _EXECUTOR_ATTR, None) is self:
+            setattr(context, _EXECUTOR_ATTR, None)
         super().shutdown(wait, cancel_futures=cancel_futures)
         if self.sigint_guard is not None:
             self.sigint_guard.uninstall()
+
+
+#: The attribute that caches a context's `ContextExecutor` on the context, next
+#: to its entry in ``AsyncToSync.context_to_thread_executor`` (a
+#: WeakKeyDictionary, whose lookup builds a weak reference: ~3k instructions
+#: per call). The entry is what counts: `ContextExecutor.shutdown`, which
+#: follows its removal from the dictionary, clears the cache too.
+_EXECUTOR_ATTR = "_loopshare_executor"
 
 
 def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | None:
     """The context's executor, created on first use; ``None`` means "go stock"."""
     if isinstance(context, ScopeContext) and _owned_elsewhere(context):
         return None  # a copy of the owner thread's contextvars: stock here
+    cached: ContextExecutor | None = getattr(context, _EXECUTOR_ATTR, None)
+    if cached is not None and cached.pid == current_pid():
+        return cached
     executors = AsyncToSync.context_to_thread_executor
     executor = executors.get(context)
     if isinstance(executor, ContextExecutor) and not executor.forked:
@@ -121,6 +181,7 @@ def _context_executor(context: AsyncSingleThreadContext) -> ContextExecutor | No
             context.started = True
         # asgiref annotates the values as ThreadPoolExecutor; any Executor works.
         executors[context] = fresh  # type: ignore[assignment]
+        setattr(context, _EXECUTOR_ATTR, fresh)
         return fresh
 
 
@@ -336,20 +397,14 @@ def _call_on_shared_loop(
     task_context = None if saved_task_context is _MISSING else saved_task_context
     try:
         coroutine = self.awaitable(*args, **kwargs)
-        awaitable = self.main_wrap(
-            call_result,  # type: ignore[arg-type]
-            exc_info,
-            task_context,
-            context,
-            coroutine,
+        awaitable = _main_wrap(
+            call_result, exc_info, task_context, context, coroutine, current_executor
         )
-        # The task starts from a copy of this context: main_wrap's
-        # _restore_context then finds most variables already equal. A fresh
-        # context (what stock's new thread gives) ends up with the same
-        # values, after a LookupError raised and caught per variable.
-        call = executor.start_call(
-            _loop_wrap(awaitable, current_executor), context[0].copy()
-        )
+        # The task starts from a copy of this context: restoring it there
+        # re-homes the Local storages only. A fresh context (what stock's new
+        # thread gives) ends up with the same values, after a LookupError
+        # raised and caught per variable.
+        call = executor.start_call(awaitable, context[0].copy())
         guard = _SigintGuard.for_call(executor)
         if guard is not None:
             outer_wait, guard.waiting = guard.waiting, (call, executor)
@@ -434,6 +489,10 @@ class _SigintGuard:
     @classmethod
     def for_call(cls, executor: ContextExecutor) -> _SigintGuard | None:
         """The guard for a call made now by this thread, if it is the main one."""
+        ident = _get_ident()
+        if executor.sigint_ident == ident:
+            return executor.sigint_guard  # looked up by this context's last call
+        executor.sigint_ident = ident
         if threading.current_thread() is not threading.main_thread():
             return None
         guard = executor.sigint_guard
@@ -470,15 +529,53 @@ class _SigintGuard:
 _loop_callers: dict[asyncio.AbstractEventLoop, list[CurrentThreadExecutor]] = {}
 
 
-async def _loop_wrap(
-    awaitable: Awaitable[None], executor: CurrentThreadExecutor
+async def _main_wrap(
+    call_result: _CallResult[Any],
+    exc_info: Any,
+    task_context: list[asyncio.Task[Any]] | None,
+    context: list[contextvars.Context],
+    awaitable: Awaitable[Any],
+    executor: CurrentThreadExecutor,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    callers = _loop_callers.setdefault(loop, [])
-    callers.append(executor)
+    """asgiref's ``new_loop_wrap`` around its ``main_wrap``, as one coroutine.
+
+    The same steps, in the same order, for a task that starts in a copy of
+    ``context[0]`` on the shared loop: publish *executor* for the loop, restore
+    the context (only ``Local`` storages differ: `rehome_context`), register
+    the task for ``sync_to_async``'s cancellation, await under the caller's
+    exception, hand the outcome to *call_result*, copy the context back.
+    """
+    __traceback_hide__ = True
+    loop = _running_loop()
+    assert loop is not None
+    callers = _loop_callers.get(loop)
+    if callers is None:
+        callers = _loop_callers[loop] = [executor]
+    else:
+        callers.append(executor)
     AsyncToSync.loop_thread_executors[loop] = executor
     try:
-        await awaitable
+        _current_executor.rehome_context(context[0])
+        current_task = asyncio.current_task() if task_context is not None else None
+        if current_task is not None:
+            task_context.append(current_task)  # type: ignore[union-attr]
+        try:
+            # Under the caller's exception, so exc_info is populated.
+            if exc_info[1]:
+                try:
+                    raise exc_info[1]
+                except BaseException:
+                    result = await awaitable
+            else:
+                result = await awaitable
+        except BaseException as e:
+            call_result.set_exception(e)
+        else:
+            call_result.set_result(result)
+        finally:
+            if current_task is not None:
+                task_context.remove(current_task)  # type: ignore[union-attr]
+            context[0] = contextvars.copy_context()
     finally:
         callers.remove(executor)
         if callers:

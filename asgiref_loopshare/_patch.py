@@ -2,7 +2,9 @@
 
 The patch is ``asgiref.sync.AsyncToSync.__call__`` (and
 ``AsyncSingleThreadContext.__enter__``, which must see through a closed
-request scope left set in a thread: see `loopshare_enter`). Replacing it
+request scope left set in a thread: see `loopshare_enter`; and
+``AsyncToSync.__init__``, which does what asgiref's does, for less: see
+`loopshare_init`). Replacing it
 on the class reaches every way in at once - ``asgiref.sync.async_to_sync``
 (which looks ``AsyncToSync`` up at call time), modules that imported
 ``async_to_sync`` or ``AsyncToSync`` before `install`, and ``AsyncToSync``
@@ -18,8 +20,10 @@ from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
 from asgiref_loopshare._core import (
     loopshare_call,
     loopshare_enter,
+    loopshare_init,
     stock_call,
     stock_enter,
+    stock_init,
 )
 
 __all__ = ["install", "is_installed", "uninstall"]
@@ -32,6 +36,8 @@ def install() -> None:
     with _lock:
         if AsyncToSync.__dict__.get("__call__") is stock_call:
             AsyncToSync.__call__ = loopshare_call  # type: ignore[method-assign]
+        if AsyncToSync.__dict__.get("__init__") is stock_init:
+            AsyncToSync.__init__ = loopshare_init  # type: ignore[method-assign]
         if AsyncSingleThreadContext.__dict__.get("__enter__") is stock_enter:
             AsyncSingleThreadContext.__enter__ = loopshare_enter  # type: ignore[method-assign]
 
@@ -45,6 +51,8 @@ def uninstall() -> None:
     with _lock:
         if AsyncToSync.__dict__.get("__call__") is loopshare_call:
             AsyncToSync.__call__ = stock_call  # type: ignore[method-assign]
+        if AsyncToSync.__dict__.get("__init__") is loopshare_init:
+            AsyncToSync.__init__ = stock_init  # type: ignore[method-assign]
         if AsyncSingleThreadContext.__dict__.get("__enter__") is loopshare_enter:
             AsyncSingleThreadContext.__enter__ = stock_enter  # type: ignore[method-assign]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Coroutine
-from typing import Any, Callable, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, overload
 
 from asgiref import sync as _asgiref_sync
 from asgiref.sync import (
@@ -25,7 +25,7 @@ from asgiref.sync import (
     sync_to_async,
 )
 
-from asgiref_loopshare._core import loopshare_call
+from asgiref_loopshare._core import loopshare_call, loopshare_init
 
 if sys.version_info >= (3, 10):
     from typing import ParamSpec
@@ -54,6 +54,14 @@ _AsyncCallable = Union[
 class AsyncToSync(_asgiref_sync.AsyncToSync[_P, _R]):
     """asgiref's ``AsyncToSync``, sharing one loop per ``AsyncSingleThreadContext``."""
 
+    if TYPE_CHECKING:  # asgiref's signature; at run time, the same code path
+
+        def __init__(
+            self, awaitable: _AsyncCallable[_P, _R], force_new_loop: bool = False
+        ) -> None: ...
+
+    else:
+        __init__ = loopshare_init
     __call__ = loopshare_call
 
 

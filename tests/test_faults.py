@@ -83,6 +83,27 @@ def test_ctrl_c_between_calls_raises_at_once_and_the_handler_is_restored(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_call_from_another_thread_is_never_the_one_ctrl_c_cancels(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    from asgiref_loopshare._core import _context_executor, _SigintGuard
+
+    with AsyncSingleThreadContext() as context:
+        async_to_sync(loop_and_thread)()
+        executor = _context_executor(context)
+        assert executor is not None
+        guard = _SigintGuard.for_call(executor)
+        assert guard is not None  # the main thread's calls are guarded
+        elsewhere: list[object] = []
+        thread = threading.Thread(
+            target=lambda: elsewhere.append(_SigintGuard.for_call(executor))
+        )
+        thread.start()
+        thread.join()
+        assert elsewhere == [None]
+        assert _SigintGuard.for_call(executor) is guard
+
+
 def test_coroutine_stopping_the_loop_does_not_break_the_call(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:

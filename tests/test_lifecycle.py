@@ -45,6 +45,34 @@ def test_executor_is_removed_from_asgiref_state_at_exit(
     assert not AsyncToSync.loop_thread_executors
 
 
+def test_an_exited_context_holds_no_reference_to_its_executor(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    gc.disable()  # freed by reference counting, not found by the collector
+    try:
+        with AsyncSingleThreadContext() as context:
+            async_to_sync(loop_and_thread)()
+            executor = weakref.ref(AsyncToSync.context_to_thread_executor[context])
+        assert executor() is None
+    finally:
+        gc.enable()
+
+
+def test_a_call_after_the_context_exited_runs_as_stock(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    context = AsyncSingleThreadContext()
+    with context:
+        shared, _ = async_to_sync(loop_and_thread)()
+    token = AsyncToSync.async_single_thread_context.set(context)
+    try:  # the exited context made current again: no executor is reused
+        loop, _ = async_to_sync(loop_and_thread)()
+    finally:
+        AsyncToSync.async_single_thread_context.reset(token)
+    assert loop is not shared
+    assert context not in AsyncToSync.context_to_thread_executor
+
+
 def _made_by_the_loop(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(coro)
 

@@ -18,6 +18,7 @@ from asgiref_loopshare import sync as loopshare_sync
 from tests.conftest import loop_and_thread
 
 ORIGINAL_CALL = AsyncToSync.__dict__["__call__"]
+ORIGINAL_INIT = AsyncToSync.__dict__["__init__"]
 ORIGINAL_ENTER = AsyncSingleThreadContext.__dict__["__enter__"]
 
 # Bound before install(), as Django's modules bind it at import time.
@@ -75,6 +76,7 @@ def test_uninstall_restores_the_original_object(clean: None) -> None:
     asgiref_loopshare.install()
     asgiref_loopshare.uninstall()
     assert AsyncToSync.__dict__["__call__"] is ORIGINAL_CALL
+    assert AsyncToSync.__dict__["__init__"] is ORIGINAL_INIT
     assert AsyncSingleThreadContext.__dict__["__enter__"] is ORIGINAL_ENTER
     assert not asgiref_loopshare.is_installed()
     assert not shares_loop(asgiref_sync.async_to_sync)
@@ -174,6 +176,7 @@ def test_drop_in_mixed_with_asgiref_sync_to_async_keeps_thread_sensitivity(
 def test_importing_the_drop_in_patches_nothing(clean: None) -> None:
     importlib.reload(loopshare_sync)
     assert AsyncToSync.__dict__["__call__"] is ORIGINAL_CALL
+    assert AsyncToSync.__dict__["__init__"] is ORIGINAL_INIT
 
 
 @pytest.mark.parametrize(
