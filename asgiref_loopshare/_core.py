@@ -427,15 +427,15 @@ def _call_on_shared_loop(
             # Ctrl-C: the coroutine was cancelled and has finished (its
             # finally blocks ran); now raise it, as asyncio.Runner does.
             raise KeyboardInterrupt
-        try:
-            call.done.result()
-        except BaseException:
+        # Resolved: run_until_future returns only after its done callback.
+        error = call.done.error
+        if error is not None:
             # The loop could not run the call: close what never started so
             # it is not reported as "never awaited".
             for unstarted in (awaitable, coroutine):
                 if inspect.iscoroutine(unstarted):
                     unstarted.close()
-            raise
+            raise error
     finally:
         _current_executor.restore_context(context[0])
         _current_executor.pop_current(pushed)

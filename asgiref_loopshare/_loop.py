@@ -295,6 +295,11 @@ class CallDone:
     def done(self) -> bool:
         return self._finished
 
+    @property
+    def error(self) -> BaseException | None:
+        """The call's exception once resolved with one; ``None`` otherwise."""
+        return self._exception
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until resolved or *timeout*; return whether it is resolved."""
         with self._lock:
@@ -468,8 +473,14 @@ class _Runner:
         if first.cancel_requested:
             error = asyncio.CancelledError()
         else:
+            mark = len(self.spawned)
             try:
-                await self.run_call(first)
+                # run_call(first), inlined: one coroutine less per call.
+                try:
+                    await first.coro
+                finally:
+                    if len(self.spawned) > mark and self.settings.task_grace > 0:
+                        await self.settle_spawned(mark)
             except BaseException as exc:  # a raw coroutine's error or cancellation
                 error = exc
                 if isinstance(exc, asyncio.CancelledError):
@@ -507,18 +518,19 @@ class _Runner:
         try:
             await call.coro
         finally:
-            grace = self.settings.task_grace
-            if grace > 0 and len(self.spawned) > mark:
-                current = asyncio.current_task()
-                spawned = [
-                    task
-                    for task in self.spawned[mark:]
-                    if not task.done()
-                    and task is not current
-                    and task not in self.call_tasks
-                ]
-                if spawned:
-                    await asyncio.wait(spawned, timeout=grace)
+            if len(self.spawned) > mark and self.settings.task_grace > 0:
+                await self.settle_spawned(mark)
+
+    async def settle_spawned(self, mark: int) -> None:
+        """Give the tasks a call spawned (``spawned[mark:]``) their grace time."""
+        current = asyncio.current_task()
+        spawned = [
+            task
+            for task in self.spawned[mark:]
+            if not task.done() and task is not current and task not in self.call_tasks
+        ]
+        if spawned:
+            await asyncio.wait(spawned, timeout=self.settings.task_grace)
 
     def finish_call(self, call: Call, exc: BaseException | None = None) -> None:
         drive = call.drive
