@@ -30,7 +30,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from types import FrameType, FunctionType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
@@ -251,9 +251,11 @@ def _outer_loop(self: AsyncToSync[Any, Any]) -> asyncio.AbstractEventLoop | None
     loop found there is a genuine outer loop. asgiref 3.10/3.11 also keep it on
     the instance (sticky across calls); a shared loop found there is stale.
     """
-    loop: asyncio.AbstractEventLoop | None = self.__dict__.get("main_event_loop")
-    if loop is not None and is_shared_loop(loop):
-        loop = None
+    loop: asyncio.AbstractEventLoop | None = None
+    if _INIT_NOTES_LOOP:
+        loop = self.__dict__.get("main_event_loop")
+        if loop is not None and is_shared_loop(loop):
+            loop = None
     if loop is None:
         # The thread's own dict of the threading.local: a missing name costs
         # no AttributeError (getattr with a default still builds one).
@@ -294,7 +296,8 @@ def loopshare_call(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any) -> _R:
         else:
             result = stock_call(self, *args, **kwargs)
         return result
-    _forget_stale_instance_loop(self)
+    if _INIT_NOTES_LOOP:
+        _forget_stale_instance_loop(self)
     if _outer_loop(self) is not None or _running_loop() is not None:
         # Nested in an outer loop: asgiref schedules it there. A running loop
         # in this thread: asgiref raises its usual RuntimeError. Should that
@@ -333,38 +336,9 @@ def _call_without_context(self: AsyncToSync[Any, _R], *args: Any, **kwargs: Any)
     return result
 
 
-class _CallResult(Generic[_R]):
-    """Where ``main_wrap`` puts the call's outcome, read once it has finished.
-
-    ``main_wrap`` only calls ``set_result`` or ``set_exception`` (asgiref
-    3.10 - 3.13), on the loop's thread, before the call's completion wakes the
-    caller. A ``concurrent.futures.Future`` would build a Condition and notify
-    it for nothing: ~7 µs, ~11 % of an in-context call.
-    """
-
-    __slots__ = ("_exception", "_value")
-
-    def __init__(self) -> None:
-        self._value: Any = _MISSING
-        self._exception: BaseException | None = None
-
-    def set_result(self, value: _R) -> None:
-        self._value = value
-
-    def set_exception(self, exception: BaseException) -> None:
-        self._exception = exception
-
-    def result(self) -> _R:
-        if self._exception is not None:
-            try:
-                raise self._exception
-            finally:
-                # As Future.result does: no cycle frame -> self -> exception.
-                self = None  # type: ignore[assignment]
-        if self._value is _MISSING:
-            raise RuntimeError("asgiref-loopshare: the call finished without a result")
-        value: _R = self._value
-        return value
+#: A call's outcome, written by `_main_wrap` on the loop's thread before the
+#: call's completion wakes the caller: ``[value, exception]``.
+_Outcome = list[Any]
 
 
 def _call_on_shared_loop(
@@ -375,7 +349,7 @@ def _call_on_shared_loop(
 ) -> _R:
     __traceback_hide__ = True
 
-    call_result: _CallResult[_R] = _CallResult()
+    outcome: _Outcome | None = [_MISSING, None]
     # Idle in this thread for thread-sensitive sync_to_async calls, as stock.
     current_executor, pushed = _current_executor.push_current(
         _current_executor.LeanCurrentThreadExecutor
@@ -398,7 +372,7 @@ def _call_on_shared_loop(
     try:
         coroutine = self.awaitable(*args, **kwargs)
         awaitable = _main_wrap(
-            call_result, exc_info, task_context, context, coroutine, current_executor
+            outcome, exc_info, task_context, context, coroutine, current_executor
         )
         # The task starts from a copy of this context: restoring it there
         # re-homes the Local storages only. A fresh context (what stock's new
@@ -451,7 +425,20 @@ def _call_on_shared_loop(
             _put_back(threadlocal, "main_event_loop", saved_loop)
             _put_back(threadlocal, "main_event_loop_pid", saved_pid)
             _put_back(threadlocal, "task_context", saved_task_context)
-    return call_result.result()
+    assert outcome is not None
+    error = outcome[1]
+    if error is not None:
+        # Raised with no local of this frame (which its traceback keeps)
+        # referring to it: no cycle for the cyclic GC to find.
+        outcome = None
+        try:
+            raise error
+        finally:
+            error = None
+    value: _R = outcome[0]
+    if value is _MISSING:
+        raise RuntimeError("asgiref-loopshare: the call finished without a result")
+    return value
 
 
 def _put_back(namespace: dict[str, Any], name: str, value: object) -> None:
@@ -530,7 +517,7 @@ _loop_callers: dict[asyncio.AbstractEventLoop, list[CurrentThreadExecutor]] = {}
 
 
 async def _main_wrap(
-    call_result: _CallResult[Any],
+    outcome: _Outcome | None,
     exc_info: Any,
     task_context: list[asyncio.Task[Any]] | None,
     context: list[contextvars.Context],
@@ -543,7 +530,7 @@ async def _main_wrap(
     ``context[0]`` on the shared loop: publish *executor* for the loop, restore
     the context (only ``Local`` storages differ: `rehome_context`), register
     the task for ``sync_to_async``'s cancellation, await under the caller's
-    exception, hand the outcome to *call_result*, copy the context back.
+    exception, put the outcome in *outcome*, copy the context back.
     """
     __traceback_hide__ = True
     loop = _running_loop()
@@ -569,10 +556,13 @@ async def _main_wrap(
             else:
                 result = await awaitable
         except BaseException as e:
-            call_result.set_exception(e)
+            outcome[1] = e  # type: ignore[index]
         else:
-            call_result.set_result(result)
+            outcome[0] = result  # type: ignore[index]
         finally:
+            # A raised exception's traceback keeps this frame: drop the
+            # reference to what holds the exception.
+            outcome = None
             if current_task is not None:
                 task_context.remove(current_task)  # type: ignore[union-attr]
             context[0] = contextvars.copy_context()

@@ -309,6 +309,7 @@ class LeanCurrentThreadExecutor(CurrentThreadExecutor):
     def __init__(self, old_executor: CurrentThreadExecutor | None) -> None:
         # Not super().__init__(): that builds the Condition this class avoids.
         self._work_thread = threading.current_thread()
+        self._work_ident = _get_ident()
         self._work_ready = _WorkReady()  # type: ignore[assignment]
         self._work_items = deque()
         self._broken = False
@@ -316,7 +317,7 @@ class LeanCurrentThreadExecutor(CurrentThreadExecutor):
 
     def run_until_future(self, future: Any) -> None:
         """Run work items in this thread until *future* is done and none is left."""
-        if threading.current_thread() is not self._work_thread:
+        if _get_ident() != self._work_ident:
             raise RuntimeError(
                 "You cannot run CurrentThreadExecutor from a different thread"
             )

@@ -481,6 +481,22 @@ def test_forked_child_closes_the_wake_up_pipes_of_the_parents_workers(
     assert open_among(parents) == len(parents)  # still open in the parent
 
 
+def garbage_left_by(run: Callable[[], None]) -> list[str]:
+    """Types of what the cyclic GC finds after *run* (warmed up by a first run)."""
+    run()  # warm up: first-use caches are not per-context garbage
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run()
+        gc.collect()
+        return sorted({type(obj).__name__ for obj in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
 def test_contexts_with_calls_leave_nothing_for_the_cyclic_gc(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
@@ -490,19 +506,24 @@ def test_contexts_with_calls_leave_nothing_for_the_cyclic_gc(
                 async_to_sync(loop_and_thread)()
                 async_to_sync(loop_and_thread)()
 
-    contexts()  # warm up: first-use caches are not per-context garbage
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        contexts()
-        gc.collect()
-        garbage = sorted({type(obj).__name__ for obj in gc.garbage})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert garbage == []
+    assert garbage_left_by(contexts) == []
+
+
+async def fail() -> None:
+    raise ValueError("raised by the coroutine")
+
+
+def test_a_call_that_raises_leaves_nothing_for_the_cyclic_gc(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    # Stock asgiref leaves about a hundred objects per failing call.
+    def failing_calls() -> None:
+        with AsyncSingleThreadContext():
+            for _ in range(3):
+                with pytest.raises(ValueError, match="raised by the coroutine"):
+                    async_to_sync(fail)()
+
+    assert garbage_left_by(failing_calls) == []
 
 
 def test_exception_being_handled_is_freed_by_refcount_after_a_call(
