@@ -13,8 +13,16 @@ a few %):
   worker threads' CPU), with wall time beside it; the value per mode is the
   median of its batches, and ratios are ratios of medians.
 
-The half interquartile range of the per-round ratios (paired batches) is
-shown as the uncertainty of a ratio. Results are also kept as pyperf
+Each process's speed depends on its hash seed (string hashes decide dict
+layouts and type-attribute-cache slots): on this machine two processes of the
+same mode differed by up to 15 %, more than the noise between batches. So every
+mode gets ``procs_per_mode`` processes, worker *i* of every mode runs with the
+same ``PYTHONHASHSEED`` (``Config.hash_seeds``, drawn per run and reported),
+and round *r* pairs the batches of workers ``r % procs_per_mode``: the two
+sides of a pair share a seed. A ratio's 95 % interval comes from a bootstrap
+over those process pairs (`Measured.paired_ratio_ci`), so it covers the
+spread between seeds, not only between batches; the half interquartile range
+of the per-round ratios is shown beside ratios. Results are also kept as pyperf
 benchmarks (one pyperf run per worker process) and dumped as a pyperf JSON
 suite, for ``python -m pyperf stats/compare_to``.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -51,12 +60,19 @@ class Config:
     out_dir: Path  # RESULTS.md and the plots
     raw_dir: Path  # the pyperf suite
     rounds: int = 30
-    procs_per_mode: int = 2
+    procs_per_mode: int = 6
     batch_seconds: float = 0.08
     worker_cpu: int | None = None
     other_cpu: int | None = None
     redis_server: str | None = None
     suite: list[pyperf.Benchmark] = field(default_factory=list)
+    #: ``PYTHONHASHSEED`` of worker *i* of every mode (see the module doc).
+    hash_seeds: list[int] = field(default_factory=list)
+
+    def hash_seed(self, index: int) -> int:
+        while len(self.hash_seeds) <= index:
+            self.hash_seeds.append(random.SystemRandom().randrange(1, 2**32 - 1))
+        return self.hash_seeds[index]
 
     @classmethod
     def make(cls, smoke: bool, out_dir: Path, raw_dir: Path) -> Config:
@@ -66,7 +82,7 @@ class Config:
         worker_cpu = cpus[-1] if cpus else None
         other_cpu = cpus[0] if len(cpus) > 1 else None
         if smoke:
-            return cls(True, out_dir, raw_dir, 2, 1, 0.004, worker_cpu, other_cpu)
+            return cls(True, out_dir, raw_dir, 2, 2, 0.004, worker_cpu, other_cpu)
         return cls(False, out_dir, raw_dir, worker_cpu=worker_cpu, other_cpu=other_cpu)
 
     def scaled(self, full: int, smoke: int) -> int:
@@ -210,16 +226,38 @@ class Measured:
         return mine / theirs if theirs else float("nan")
 
     def paired_ratio_ci(self, base: Measured) -> tuple[float, float, float]:
-        """Median of the per-round ratios to *base* and its ~95 % confidence
-        interval (order statistics, no assumption on the noise's shape)."""
-        values = sorted(self.ratios(base))
-        n = len(values)
-        if not n:
+        """Median of the per-round ratios to *base*, and its ~95 % interval.
+
+        The interval is a bootstrap over process pairs (round *r* ran worker
+        ``r % processes`` of both modes, which share a hash seed): resample
+        the pairs with replacement, each with all its rounds, and take the
+        median of the pooled ratios; 2.5th and 97.5th percentiles of 2,000
+        resamples, from a fixed generator. Rounds of one process are not
+        independent, so an interval over rounds alone would be too narrow.
+        """
+        values = self.ratios(base)
+        if not values:
             nan = float("nan")
             return nan, nan, nan
-        half = 0.98 * n**0.5  # 1.96 * sqrt(n) / 2
-        low = values[max(0, int(n / 2 - half))]
-        high = values[min(n - 1, int(n / 2 + half))]
+        processes = max(1, min(len(self.cpu), len(base.cpu)))
+        clusters: list[list[float]] = [[] for _ in range(processes)]
+        for round_no, (mine, theirs) in enumerate(zip(self.rounds, base.rounds)):
+            if theirs[0] > 0:
+                clusters[round_no % processes].append(mine[0] / theirs[0])
+        clusters = [cluster for cluster in clusters if cluster]
+        rng = random.Random(20261127)
+        medians = sorted(
+            statistics.median(
+                [
+                    value
+                    for _ in clusters
+                    for value in clusters[rng.randrange(len(clusters))]
+                ]
+            )
+            for _ in range(2000)
+        )
+        low = medians[int(0.025 * len(medians))]
+        high = medians[int(0.975 * len(medians)) - 1]
         return statistics.median(values), low, high
 
     def ratio_spread(self, base: Measured) -> float:
@@ -296,10 +334,13 @@ class Pool:
                         mode.factory,
                         mode.params,
                         self.config.worker_cpu,
-                        mode.env,
+                        {
+                            **(mode.env or {}),
+                            "PYTHONHASHSEED": str(self.config.hash_seed(index)),
+                        },
                         mode.thread,
                     )
-                    for _ in range(self.config.procs_per_mode)
+                    for index in range(self.config.procs_per_mode)
                 ]
         except BaseException:
             self.close()

@@ -80,6 +80,9 @@ def main(args: argparse.Namespace, command: str) -> int:
         extra={
             "worker CPU / other CPU": f"{config.worker_cpu} / {config.other_cpu}",
             "rounds x processes per mode": f"{config.rounds} x {config.procs_per_mode}",
+            "hash seeds (worker i of each mode)": ", ".join(
+                str(seed) for seed in config.hash_seeds
+            ),
             "pyperf suite": str(suite.relative_to(harness.REPO))
             if suite and suite.is_relative_to(harness.REPO)
             else str(suite),
