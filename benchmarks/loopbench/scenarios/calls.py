@@ -67,8 +67,7 @@ class CallsWorkload(BaseWorkload):
             SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
 
     def run(self, n: int, arg: Any) -> None:
-        from asgiref.current_thread_executor import CurrentThreadExecutor
-
+        from asgiref_loopshare._current_executor import LeanCurrentThreadExecutor
         from asgiref_loopshare._loop import LoopExecutor
 
         calls = int(arg)
@@ -95,10 +94,11 @@ class CallsWorkload(BaseWorkload):
                 executor.start_call(trivial()).done.result()
             executor.shutdown()
         elif self.mode == "loop_executor_cte":
-            # ... waiting in a CurrentThreadExecutor, as the calling thread must.
+            # ... waiting in a CurrentThreadExecutor, as the calling thread must
+            # (the package's LeanCurrentThreadExecutor, as an in-context call).
             executor = LoopExecutor()
             for _ in range(n * calls):
-                waiter = CurrentThreadExecutor(None)
+                waiter = LeanCurrentThreadExecutor(None)
                 done = executor.start_call(trivial()).done
                 waiter.run_until_future(done)  # type: ignore[arg-type]
             executor.shutdown()
@@ -136,7 +136,7 @@ LABELS = {
     "loopshare_noctx": "loopshare installed, no context (= stock path)",
     "bare_hop": "floor: bare hop (1-worker executor, persistent loop)",
     "loop_executor": "layer: core LoopExecutor.start_call + wait (no asgiref)",
-    "loop_executor_cte": "layer: ... waiting in asgiref's CurrentThreadExecutor",
+    "loop_executor_cte": "layer: ... waiting in a CurrentThreadExecutor (lean)",
     "same_thread": "floor: run_until_complete on the calling thread",
     "asgiref_outer_loop": "reference: stock asgiref scheduling onto a running loop",
 }
@@ -251,14 +251,14 @@ def _per_call(config: Config) -> Section:
         f"per context, CPU, layers measured in the same run): the thread hop to a "
         f"persistent loop {us(layer['bare_hop'])}; the core's `LoopExecutor` "
         f"machinery {_plus(layer['loop_executor'] - layer['bare_hop'])}; waiting in "
-        f"asgiref's `CurrentThreadExecutor` (so thread-sensitive `sync_to_async` can "
-        f"run on the caller) "
+        f"a `CurrentThreadExecutor` (so thread-sensitive `sync_to_async` can "
+        f"run on the caller; the package's `LeanCurrentThreadExecutor`) "
         f"{_plus(layer['loop_executor_cte'] - layer['loop_executor'])}; the asgiref "
-        f"glue in `_core` (`main_wrap`, contextvars copied and restored on both "
-        f"sides, `AsyncToSync.executors.current` read, set and reset on the "
-        f"context variable behind asgiref's `Local`, threadlocal save/restore, "
-        f"`_loop_wrap`, a result future, "
-        f"`AsyncToSync` built per call) "
+        f"glue in `_core` (`AsyncToSync` built per call, "
+        f"`AsyncToSync.executors.current` set and reset on the context variable "
+        f"behind asgiref's `Local`, contextvars copied and restored on both sides "
+        f"with `Local` storages re-homed, threadlocal save/restore, `_main_wrap`: "
+        f"asgiref's `main_wrap` and `new_loop_wrap` as one coroutine) "
         f"{_plus(layer['loopshare_ctx'] - layer['loop_executor_cte'])}. From a "
         f"non-main thread the same call costs {us(layer['loopshare_ctx+thread'])} µs."
     )
@@ -269,12 +269,15 @@ def _per_call(config: Config) -> Section:
         f"the outer loop that already runs and waiting in a `CurrentThreadExecutor`"
         f" - costs {us(outer.cpu_us / 100)} µs per call here, "
         f"{times(outer.ratio(at['bare_hop']))} the bare hop; loopshare costs "
-        f"{times(vs_hop)} the hop, {times(ours.ratio(outer))} asgiref's own. Most "
-        f"of the gap to the hop is asgiref's per-call machinery (building "
-        f"`AsyncToSync`, the `CurrentThreadExecutor`, `executors.current` on "
-        f"asgiref's `Local`, `main_wrap` and the contextvars copied both ways), "
-        f"which loopshare keeps whole so that `sync_to_async` inside a call keeps "
-        f"its thread-sensitive routing."
+        f"{times(vs_hop)} the hop, {times(ours.ratio(outer))} asgiref's own. The "
+        f"gap to the hop is the per-call work that keeps asgiref's semantics, so "
+        f"that `sync_to_async` inside a call keeps its thread-sensitive routing "
+        f"and contextvars flow both ways: building `AsyncToSync`, a "
+        f"`CurrentThreadExecutor` to wait in, `executors.current` on asgiref's "
+        f"`Local`, the contextvars copied both ways, `main_wrap`'s steps. "
+        f"loopshare does all of it, the first three through cheaper equivalents "
+        f"(`loopshare_init`, `LeanCurrentThreadExecutor`, a direct write of the "
+        f"`Local`'s variable)."
     )
     per_call = {name: switched[name]["switches"] / 100 for name in names}
     section.findings.append(
