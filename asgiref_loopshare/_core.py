@@ -87,10 +87,11 @@ def loopshare_init(
     ``async_to_sync(f)(...)`` builds an ``AsyncToSync`` per call. asgiref's
     ``__init__`` raises and catches an AttributeError for every callable
     without ``__self__`` (any plain function) and takes ``inspect``'s general
-    path for a plain ``async def`` function too: ~8k instructions, 4 % of an
-    in-context call. Here such a function is recognised by its code flags, as
-    ``inspect.iscoroutinefunction`` ends up doing, and ``__self__`` is read
-    with a default; anything else goes through asgiref's own checks.
+    path for a plain ``async def`` function too: ~5k instructions more than
+    needed, 3 % of an in-context call. Here such a function is recognised by
+    its code flags, as ``inspect.iscoroutinefunction`` ends up doing, and
+    ``__self__`` is read with a default; anything else goes through asgiref's
+    own checks.
     """
     if not (
         type(awaitable) is FunctionType and awaitable.__code__.co_flags & _CO_COROUTINE
@@ -128,9 +129,10 @@ class ContextExecutor(LoopExecutor):
         super().__init__(default_loop_factory=_handoff.new_event_loop)
         self._context = weakref.ref(context)
         self.sigint_guard: _SigintGuard | None = None
-        #: The thread `sigint_guard` was looked up for (`_SigintGuard.for_call`).
-        self.sigint_ident: int | None = None
-        #: The process that made it: a forked child never uses its parent's.
+        #: The last `_SigintGuard.for_call` answer: (thread ident, guard or None).
+        self.sigint_lookup: tuple[int, _SigintGuard | None] | None = None
+        #: The process that made it, as `forked` compares it, but a plain
+        #: attribute for the per-call cache check in `_context_executor`.
         self.pid = current_pid()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -477,9 +479,15 @@ class _SigintGuard:
     def for_call(cls, executor: ContextExecutor) -> _SigintGuard | None:
         """The guard for a call made now by this thread, if it is the main one."""
         ident = _get_ident()
-        if executor.sigint_ident == ident:
-            return executor.sigint_guard  # looked up by this context's last call
-        executor.sigint_ident = ident
+        looked_up = executor.sigint_lookup
+        if looked_up is not None and looked_up[0] == ident:
+            return looked_up[1]  # this thread's answer for the context's last call
+        guard = cls._look_up(executor)
+        executor.sigint_lookup = (ident, guard)
+        return guard
+
+    @classmethod
+    def _look_up(cls, executor: ContextExecutor) -> _SigintGuard | None:
         if threading.current_thread() is not threading.main_thread():
             return None
         guard = executor.sigint_guard

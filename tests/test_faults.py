@@ -95,12 +95,15 @@ def test_a_call_from_another_thread_is_never_the_one_ctrl_c_cancels(
         guard = _SigintGuard.for_call(executor)
         assert guard is not None  # the main thread's calls are guarded
         elsewhere: list[object] = []
-        thread = threading.Thread(
-            target=lambda: elsewhere.append(_SigintGuard.for_call(executor))
-        )
+
+        def two_calls_elsewhere() -> None:
+            elsewhere.append(_SigintGuard.for_call(executor))
+            elsewhere.append(_SigintGuard.for_call(executor))
+
+        thread = threading.Thread(target=two_calls_elsewhere)
         thread.start()
         thread.join()
-        assert elsewhere == [None]
+        assert elsewhere == [None, None]
         assert _SigintGuard.for_call(executor) is guard
 
 
