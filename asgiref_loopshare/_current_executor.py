@@ -252,7 +252,7 @@ class _WorkReady:
     thread that made the executor ever waits (``run_until_future`` checks).
     A ``threading.Condition`` around a plain ``Lock`` raises and catches three
     AttributeErrors when built and allocates a waiter lock per ``wait``: with
-    the Condition's other work, a tenth of an in-context call. Here one lock
+    the Condition's other work, about 8 % of an in-context call. Here one lock
     guards the queue and the waiter blocks on a second one, held while nobody
     is to wake it. As with a Condition, a wake-up may be spurious: callers
     re-check their predicate.
