@@ -203,10 +203,16 @@ class Measured:
     def ratios(self, base: Measured, kind: str = "cpu") -> list[float]:
         """Per-round ratios to *base*: each round's batches ran back to back,
         so a slow spell of the machine cancels out of the pair."""
+        return [ratio for _, ratio in self._round_ratios(base, kind)]
+
+    def _round_ratios(
+        self, base: Measured, kind: str = "cpu"
+    ) -> list[tuple[int, float]]:
+        """(round number, ratio to *base*) of every round with a nonzero base."""
         index = 0 if kind == "cpu" else 1
         return [
-            mine[index] / theirs[index]
-            for mine, theirs in zip(self.rounds, base.rounds)
+            (round_no, mine[index] / theirs[index])
+            for round_no, (mine, theirs) in enumerate(zip(self.rounds, base.rounds))
             if theirs[index] > 0
         ]
 
@@ -235,15 +241,14 @@ class Measured:
         resamples, from a fixed generator. Rounds of one process are not
         independent, so an interval over rounds alone would be too narrow.
         """
-        values = self.ratios(base)
-        if not values:
+        round_ratios = self._round_ratios(base)
+        if not round_ratios:
             nan = float("nan")
             return nan, nan, nan
         processes = max(1, min(len(self.cpu), len(base.cpu)))
         clusters: list[list[float]] = [[] for _ in range(processes)]
-        for round_no, (mine, theirs) in enumerate(zip(self.rounds, base.rounds)):
-            if theirs[0] > 0:
-                clusters[round_no % processes].append(mine[0] / theirs[0])
+        for round_no, ratio in round_ratios:
+            clusters[round_no % processes].append(ratio)
         clusters = [cluster for cluster in clusters if cluster]
         rng = random.Random(20261127)
         medians = sorted(
@@ -258,7 +263,7 @@ class Measured:
         )
         low = medians[int(0.025 * len(medians))]
         high = medians[int(0.975 * len(medians)) - 1]
-        return statistics.median(values), low, high
+        return statistics.median(ratio for _, ratio in round_ratios), low, high
 
     def ratio_spread(self, base: Measured) -> float:
         """Half the interquartile range of the per-round CPU ratios."""
