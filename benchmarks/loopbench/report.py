@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import resource
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +166,76 @@ def machine_info() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds used so far: by the whole machine and by this process tree."""
+
+    #: Non-idle time of all CPUs (``/proc/stat``: user, nice, system, irq,
+    #: softirq), whoever used it.
+    machine_busy: float
+    #: Time the hypervisor gave to other guests while this one wanted to run.
+    machine_steal: float
+    #: This process and its reaped descendants (the workers, the servers).
+    own: float
+    at: float
+
+
+def cpu_times() -> CpuTimes | None:
+    """The counters now, or ``None`` where ``/proc/stat`` is missing."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(field) for field in fields[1:9]
+    )
+    hz = os.sysconf("SC_CLK_TCK")
+    usages = [resource.getrusage(resource.RUSAGE_SELF)]
+    usages.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    return CpuTimes(
+        machine_busy=(user + nice + system + irq + softirq) / hz,
+        machine_steal=steal / hz,
+        own=sum(usage.ru_utime + usage.ru_stime for usage in usages),
+        at=time.monotonic(),
+    )
+
+
+#: Other work above this share of the machine's CPU time makes it "shared".
+BUSY_SHARE = 0.05
+
+
+def other_load(start: CpuTimes | None, end: CpuTimes | None) -> tuple[str, str]:
+    """What else ran on the machine between *start* and *end*.
+
+    Returns the report's table cell and its sentence for the method paragraph.
+    Other processes' share is the machine's busy time less this process tree's,
+    over all CPUs; steal is time the hypervisor ran other guests instead.
+    """
+    if start is None or end is None or end.at <= start.at:
+        return "not measured", "Other load on the machine was not measured."
+    capacity = (end.at - start.at) * (os.cpu_count() or 1)
+    busy = end.machine_busy - start.machine_busy
+    other = max(0.0, busy - (end.own - start.own)) / capacity
+    steal = max(0.0, end.machine_steal - start.machine_steal) / capacity
+    cell = f"other processes {other * 100:.1f} %, steal {steal * 100:.1f} % of all CPUs"
+    if other >= BUSY_SHARE or steal >= BUSY_SHARE:
+        sentence = (
+            f"The machine was shared during the run (other processes used "
+            f"{other * 100:.0f} % of its CPU time, the hypervisor stole "
+            f"{steal * 100:.0f} %): absolute µs rise with such load, ratios much less."
+        )
+    else:
+        sentence = (
+            f"The machine was otherwise idle during the run (other processes "
+            f"{other * 100:.1f} %, steal {steal * 100:.1f} % of its CPU time); "
+            "absolute µs rise when it is not, ratios much less."
+        )
+    return cell, sentence
+
+
 def line_plot(
     path: Path,
     title: str,
@@ -223,6 +295,7 @@ def write_results(
     smoke: bool,
     command: str,
     elapsed: float,
+    load: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
     out: list[str] = ["# asgiref-loopshare benchmark results", ""]
@@ -240,10 +313,8 @@ def write_results(
         "half the interquartile range of the per-round ratios of paired batches; "
         "a goal's *paired* ratio is the median of those, with a 95 % interval "
         "bootstrapped over the process pairs (it covers the spread between "
-        "seeds). "
-        "This machine is shared (other work ran on both CPUs during the run): "
-        "absolute µs move between runs by up to ~40 %, ratios much less. Raw "
-        "values: the pyperf suite named below (`python -m pyperf stats FILE`).",
+        f"seeds). {load} Raw values: the pyperf suite named below "
+        "(`python -m pyperf stats FILE`).",
         "",
         "| | |",
         "|---|---|",

@@ -10,7 +10,13 @@ import traceback
 from pathlib import Path
 
 from loopbench import bootstrap, harness
-from loopbench.report import Section, machine_info, write_results
+from loopbench.report import (
+    Section,
+    cpu_times,
+    machine_info,
+    other_load,
+    write_results,
+)
 
 #: Scenario name -> (module, the section keys it produces, title).
 SCENARIOS: dict[str, tuple[str, str]] = {
@@ -44,6 +50,7 @@ def main(args: argparse.Namespace, command: str) -> int:
         config.redis_server = bootstrap.ensure_redis_server()
     info = machine_info()
     harness.pin_self(config.other_cpu)
+    load_start = cpu_times()
 
     sections: list[Section] = []
     failed: list[str] = []
@@ -67,6 +74,7 @@ def main(args: argparse.Namespace, command: str) -> int:
             flush=True,
         )
 
+    load_cell, load_sentence = other_load(load_start, cpu_times())
     suite = harness.dump_suite(config)
     elapsed = time.monotonic() - started
     results = out_dir / "RESULTS.md"
@@ -77,8 +85,10 @@ def main(args: argparse.Namespace, command: str) -> int:
         smoke=args.smoke,
         command=command,
         elapsed=elapsed,
+        load=load_sentence,
         extra={
             "worker CPU / other CPU": f"{config.worker_cpu} / {config.other_cpu}",
+            "other load during the run": load_cell,
             "rounds x processes per mode": f"{config.rounds} x {config.procs_per_mode}",
             "hash seeds (worker i of each mode)": ", ".join(
                 str(seed) for seed in config.hash_seeds
