@@ -220,18 +220,20 @@ def other_load(start: CpuTimes | None, end: CpuTimes | None) -> tuple[str, str]:
     busy = end.machine_busy - start.machine_busy
     other = max(0.0, busy - (end.own - start.own)) / capacity
     steal = max(0.0, end.machine_steal - start.machine_steal) / capacity
-    cell = f"other processes {other * 100:.1f} %, steal {steal * 100:.1f} % of all CPUs"
+    figures = f"other processes {other * 100:.1f} %, steal {steal * 100:.1f} %"
+    cell = f"{figures} of all CPUs"
+    shares = f"{figures} of its CPU time"
     if other >= BUSY_SHARE or steal >= BUSY_SHARE:
         sentence = (
-            f"The machine was shared during the run (other processes used "
-            f"{other * 100:.0f} % of its CPU time, the hypervisor stole "
-            f"{steal * 100:.0f} %): absolute µs rise with such load, ratios much less."
+            f"Other work ran on this machine during the run ({shares}): absolute µs "
+            "rise with such load, ratios much less."
         )
     else:
         sentence = (
-            f"The machine was otherwise idle during the run (other processes "
-            f"{other * 100:.1f} %, steal {steal * 100:.1f} % of its CPU time); "
-            "absolute µs rise when it is not, ratios much less."
+            f"No other work ran on this machine during the run ({shares}). What "
+            "loads a virtual machine's host and is not reported as steal stays "
+            "invisible from inside, so absolute µs can still move between runs; "
+            "ratios much less."
         )
     return cell, sentence
 
