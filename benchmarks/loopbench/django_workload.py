@@ -51,6 +51,11 @@ def load_handler(kind: str) -> Any:
     raise ValueError(f"unknown handler {kind!r}")
 
 
+#: Batch arguments of the A/A control: both sides are Django's own handler,
+#: each batch preceded by an install() / uninstall() cycle.
+CYCLED_STOCK = ("stock-a", "stock-b")
+
+
 class DjangoWorkload(BaseWorkload):
     def __init__(self, params: dict[str, Any]) -> None:
         #: ``handler="toggle"``: Django's handler, the adapter switched on and
@@ -107,6 +112,10 @@ class DjangoWorkload(BaseWorkload):
         if arg == "loopshare":
             asgiref_loopshare.django.install()
         else:
+            if arg in CYCLED_STOCK:
+                # The A/A control: stock, after the same class patching and
+                # unpatching that a switch between the A/B's sides costs.
+                asgiref_loopshare.django.install()
             asgiref_loopshare.django.uninstall()
             _restore_stock_close()
         self.request(self.default_path)

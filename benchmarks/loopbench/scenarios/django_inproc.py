@@ -6,7 +6,7 @@ import statistics
 from typing import Any
 
 from loopbench import harness, instructions
-from loopbench.django_workload import FACTORY
+from loopbench.django_workload import CYCLED_STOCK, FACTORY
 from loopbench.harness import Config, Measured, Mode, Pool
 from loopbench.report import (
     Goal,
@@ -20,7 +20,12 @@ from loopbench.report import (
 )
 
 HANDLERS = ("stock", "loopshare")
-HANDLER_LABELS = {"stock": "stock WSGIHandler", "loopshare": "adapter"}
+HANDLER_LABELS = {
+    "stock": "stock WSGIHandler",
+    "loopshare": "adapter",
+    CYCLED_STOCK[0]: "stock WSGIHandler, side a",
+    CYCLED_STOCK[1]: "stock WSGIHandler, side b",
+}
 PROJECT_LABELS = {
     "wsgi": "minimal (`wsgi` profile)",
     "project": "`startproject` middleware",
@@ -58,7 +63,8 @@ def run_wsgi_only(config: Config) -> list[Section]:
         "(`asgiref_loopshare.django.install()` / `uninstall()`) between batches "
         "in the same worker processes, on the same handler object: no difference "
         "of process, memory layout or hash seed between the sides, only the adapter; "
-        "it is the figure the goal uses.",
+        "it is the figure the goal uses. Its *A/A control* runs the same method with "
+        "Django's own handler on both sides: what it reads when nothing differs.",
     )
     modes = [django_mode("wsgi", h, "/sync/") for h in HANDLERS]
     rounds = config.rounds * (1 if config.smoke else 2)
@@ -85,6 +91,17 @@ def run_wsgi_only(config: Config) -> list[Section]:
     )
     harness.record(config, "wsgi-only same-process A/B", ab)
     harness.record(config, "wsgi-only project same-process A/B", project_ab)
+    # The A/A control: the same method with nothing different between the sides.
+    aa = harness.same_process_ab(
+        config,
+        django_mode("wsgi", "toggle", "/sync/"),
+        CYCLED_STOCK,
+        units=config.scaled(250, 2),
+        rounds=config.scaled(150, 2),
+    )
+    harness.record(config, "wsgi-only same-process A/A", aa)
+    side_a, side_b = (aa[side] for side in CYCLED_STOCK)
+    aa_paired, aa_low, aa_high = side_b.paired_ratio_ci(side_a)
     count = not config.smoke and instructions.available()
     counted = instructions.per_request(HANDLERS) if count else None
     project_counted = (
@@ -139,15 +156,19 @@ def run_wsgi_only(config: Config) -> list[Section]:
         ],
         [
             [
-                PROJECT_LABELS[profile],
+                label,
                 HANDLER_LABELS[side],
                 us(m.cpu_us),
                 us(m.wall_us),
-                pct(m.ratio(measured["stock"]) - 1),
-                pct(m.ratio(measured["stock"], "wall") - 1),
-                f"{m.ratio_spread(measured['stock']) * 100:.1f} %",
+                pct(m.ratio(base) - 1),
+                pct(m.ratio(base, "wall") - 1),
+                f"{m.ratio_spread(base) * 100:.1f} %",
             ]
-            for profile, measured in (("wsgi", ab), ("project", project_ab))
+            for label, measured, base in (
+                (PROJECT_LABELS["wsgi"], ab, ab["stock"]),
+                (PROJECT_LABELS["project"], project_ab, project_ab["stock"]),
+                (f"{PROJECT_LABELS['wsgi']}, A/A control", aa, side_a),
+            )
             for side, m in measured.items()
         ],
     )
@@ -165,7 +186,9 @@ def run_wsgi_only(config: Config) -> list[Section]:
             f"{pct(ab_overhead)} same-process A/B, 95 % CI {pct(low - 1)} .. "
             f"{pct(high - 1)} ({us(ab['loopshare'].cpu_us)} vs "
             f"{us(ab['stock'].cpu_us)} µs); separate processes: {pct(overhead)} gc "
-            f"on, {pct(overhead_off)} gc off{_instructions_note(counted)}",
+            f"on, {pct(overhead_off)} gc off{_instructions_note(counted)}; "
+            f"A/A control {pct(aa_paired - 1)}, 95 % CI {pct(aa_low - 1)} .. "
+            f"{pct(aa_high - 1)}",
             harness.judged(low, high, _within_two_percent),
         ),
         Goal(
@@ -207,6 +230,14 @@ def run_wsgi_only(config: Config) -> list[Section]:
         "`HttpResponseBase.close` wrapper closing it. A target of ≤ 2 % "
         "leaves "
         f"{us(ab['stock'].cpu_us * 0.02)} µs for all of it on this request."
+    )
+    section.findings.append(
+        "A/A control: the same method with Django's own handler on both sides, "
+        "each batch preceded by an `install()` and an `uninstall()` (the class "
+        f"patching that switches the A/B's sides), reads {pct(aa_paired - 1)} (95 % "
+        f"CI {pct(aa_low - 1)} .. {pct(aa_high - 1)}, {us(side_b.cpu_us)} vs "
+        f"{us(side_a.cpu_us)} µs): what the method reports when nothing differs "
+        "between the sides."
     )
     project_extra = (project_paired - 1) * project_ab["stock"].cpu_us
     section.findings.append(
