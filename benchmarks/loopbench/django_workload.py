@@ -113,8 +113,8 @@ class DjangoWorkload(BaseWorkload):
             asgiref_loopshare.django.install()
         else:
             if arg in CYCLED_STOCK:
-                # The A/A control: stock, after the same class patching and
-                # unpatching that a switch between the A/B's sides costs.
+                # The A/A control: stock, after an install() and an uninstall(),
+                # the class patching that switches the A/B's sides.
                 asgiref_loopshare.django.install()
             asgiref_loopshare.django.uninstall()
             _restore_stock_close()

@@ -193,8 +193,10 @@ def cpu_times() -> CpuTimes | None:
         int(field) for field in fields[1:9]
     )
     hz = os.sysconf("SC_CLK_TCK")
-    usages = [resource.getrusage(resource.RUSAGE_SELF)]
-    usages.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    usages = [
+        resource.getrusage(who)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    ]
     return CpuTimes(
         machine_busy=(user + nice + system + irq + softirq) / hz,
         machine_steal=steal / hz,
