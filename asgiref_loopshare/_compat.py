@@ -10,8 +10,10 @@ import asyncio
 import contextvars
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Coroutine
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "UnsupportedVersionError",
     "check_versions",
     "create_task",
+    "detach_default_executor",
+    "join_executors",
     "shutdown_default_executor",
     "uncancel",
 ]
@@ -172,6 +176,39 @@ async def shutdown_default_executor(
         executor.shutdown(wait=False)
     else:
         thread.join()
+
+
+def detach_default_executor(loop: asyncio.AbstractEventLoop) -> Executor | None:
+    """Take *loop*'s default executor away, shut down without waiting; return it.
+
+    The next ``run_in_executor(None, ...)`` on *loop* makes a new one, with new
+    threads, as the next ``asyncio.run`` would. ``None`` if it has none (or is
+    not an asyncio ``BaseEventLoop``).
+    """
+    executor: Executor | None = getattr(loop, "_default_executor", None)
+    if executor is None or not isinstance(loop, asyncio.BaseEventLoop):
+        return None
+    loop._default_executor = None  # type: ignore[attr-defined]
+    executor.shutdown(wait=False)
+    return executor
+
+
+def join_executors(executors: list[Executor], timeout: float) -> None:
+    """Wait, at most *timeout* seconds in all, for the threads of *executors*
+    (already shut down) to end; warn about those still running then."""
+    deadline = time.monotonic() + timeout
+    stuck = 0
+    for executor in executors:
+        for thread in list(getattr(executor, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            stuck += thread.is_alive()
+    if stuck:
+        warnings.warn(
+            f"asgiref-loopshare: {stuck} default executor thread(s) still running "
+            f"{timeout}s after their context ended were left behind",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _set_result(future: asyncio.Future[None]) -> None:

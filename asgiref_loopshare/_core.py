@@ -36,7 +36,7 @@ from asgiref import sync as _asgiref_sync
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync, SyncToAsync
 
-from asgiref_loopshare import _current_executor, _handoff
+from asgiref_loopshare import _current_executor, _handoff, _worker_locals
 from asgiref_loopshare._loop import (
     Call,
     LoopExecutor,
@@ -127,6 +127,7 @@ class ContextExecutor(LoopExecutor):
 
     def __init__(self, context: AsyncSingleThreadContext) -> None:
         super().__init__(default_loop_factory=_handoff.new_event_loop)
+        _worker_locals.ensure_hook()
         self._context = weakref.ref(context)
         self.sigint_guard: _SigintGuard | None = None
         #: The last `_SigintGuard.for_call` answer: (thread ident, guard or None).
@@ -379,8 +380,11 @@ def _call_on_shared_loop(
         # The task starts from a copy of this context: restoring it there
         # re-homes the Local storages only. A fresh context (what stock's new
         # thread gives) ends up with the same values, after a LookupError
-        # raised and caught per variable.
-        call = executor.start_call(awaitable, context[0].copy())
+        # raised and caught per variable. The worker's thread-critical Local
+        # values come back from the one variable they travel in.
+        call = executor.start_call(
+            awaitable, _worker_locals.task_context(context[0], executor)
+        )
         guard = _SigintGuard.for_call(executor)
         if guard is not None:
             outer_wait, guard.waiting = guard.waiting, (call, executor)
@@ -413,7 +417,7 @@ def _call_on_shared_loop(
                     unstarted.close()
             raise error
     finally:
-        _current_executor.restore_context(context[0])
+        _worker_locals.restore(context[0], executor)
         _current_executor.pop_current(pushed)
         if handled is not None:
             handled.__traceback__ = handled_traceback

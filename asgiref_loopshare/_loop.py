@@ -93,7 +93,7 @@ def is_shared_loop(loop: asyncio.AbstractEventLoop) -> bool:
 # Worker threads
 
 
-_Job = Callable[[], None]
+_Job = Callable[[], object]
 _worker_names = itertools.count(1)
 
 
@@ -107,11 +107,15 @@ class _JobQueue:
     as asyncio's ``call_soon_threadsafe`` does with its self-pipe.
     """
 
-    __slots__ = ("__weakref__", "_jobs", "_reader", "_writer")
+    __slots__ = ("__weakref__", "_jobs", "_lock", "_reader", "_writer")
 
     def __init__(self) -> None:
         # One consumer (the worker): deque.append/popleft are thread-safe.
         self._jobs: collections.deque[_Job | None] = collections.deque()
+        # Held from a job's append to its wake-up's write: the worker may
+        # take the job (through an earlier wake-up), run it and, if it was
+        # its last, close the pipe, before the write; `close` waits for it.
+        self._lock = _thread.allocate_lock()
         self._reader, self._writer = os.pipe()
         with contextlib.suppress(AttributeError, OSError):  # no set_blocking
             # A full pipe means wake-ups are pending already: never block.
@@ -119,11 +123,12 @@ class _JobQueue:
         _job_queues.add(self)
 
     def put(self, job: _Job | None) -> None:
-        self._jobs.append(job)
-        try:  # noqa: SIM105 - contextlib.suppress() costs more, once per call
-            os.write(self._writer, b"\0")
-        except BlockingIOError:  # a full pipe: wake-ups are pending already
-            pass
+        with self._lock:
+            self._jobs.append(job)
+            try:  # noqa: SIM105 - contextlib.suppress() costs more, once per call
+                os.write(self._writer, b"\0")
+            except BlockingIOError:  # a full pipe: wake-ups are pending already
+                pass
 
     def get(self) -> _Job | None:
         """The next job, waiting for one (the worker thread only)."""
@@ -132,30 +137,67 @@ class _JobQueue:
             os.read(self._reader, 4096)  # a byte per put; extra ones are harmless
         return jobs.popleft()
 
-    def close(self) -> None:
+    def close(self, *, forked: bool = False) -> None:
         """Close the pipe (once nothing will put to or get from this queue).
 
         Idempotent: a descriptor number is closed once, never after the
-        system may have given it to another file.
+        system may have given it to another file. *forked*: in a forked
+        child, where the thread that held the lock at fork() does not exist.
         """
         _job_queues.discard(self)
-        fds, self._reader, self._writer = (self._reader, self._writer), -1, -1
+        if forked:
+            fds, self._reader, self._writer = (self._reader, self._writer), -1, -1
+        else:
+            with self._lock:
+                fds, self._reader, self._writer = (
+                    (self._reader, self._writer),
+                    -1,
+                    -1,
+                )
         for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
 
-#: Every queue whose pipe is open: a forked child closes the parent's.
-_job_queues: weakref.WeakSet[_JobQueue] = weakref.WeakSet()
+#: Every queue whose pipe is open: a forked child closes the parent's. A plain
+#: set (a queue leaves it when its pipe closes): a WeakSet's add and discard
+#: cost microseconds, once per context.
+_job_queues: set[_JobQueue] = set()
+
+
+#: What a job returns to end its worker thread: `_Runner.teardown` does.
+_RETIRE = object()
+
+
+class _WorkerState(threading.local):
+    #: The runner whose loop this thread runs (loop worker threads only).
+    runner: _Runner | None = None
+
+
+_worker_state = _WorkerState()
+
+
+def current_runner() -> _Runner | None:
+    """The `_Runner` whose loop the calling thread runs, if it is a loop worker."""
+    return _worker_state.runner
 
 
 class _Worker:
-    """A daemon thread running jobs from its own queue, one after another."""
+    """A daemon thread that runs the jobs of one context, then exits.
+
+    A worker serves exactly one `_Runner`: its last job (the teardown) returns
+    `_RETIRE` and the thread ends. It is never handed to another context,
+    because CPython cannot clear what a thread keeps in ``threading.local``
+    (asgiref ``Local(thread_critical=True)``, asyncio's running loop, any
+    library's thread-locals): only a thread that never ran another context's
+    code starts with none of it, as stock asgiref's new thread per call does.
+    """
 
     __slots__ = ("jobs", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, *, start: bool = True) -> None:
+        """A worker, its thread started unless *start* is false (see `start`)."""
         self.jobs = _JobQueue()
         self.thread = threading.Thread(
             target=self._run,
@@ -163,27 +205,41 @@ class _Worker:
             name=f"asgiref-loopshare-{next(_worker_names)}",
             daemon=True,
         )
+        if start:
+            self.thread.start()
+
+    def start(self) -> None:
+        """Start the thread of a worker made with ``start=False`` (once).
+
+        A worker started after its first job was put runs that job straight
+        away: no wake-up through the pipe, one thread switch less.
+        """
         self.thread.start()
 
     @staticmethod
     def _run(jobs: _JobQueue) -> None:
-        while True:
-            job = jobs.get()
-            if job is None:
-                # The last put (released by the pool, or the pool closed):
-                # nothing writes to the pipe after it, so its numbers can go.
-                jobs.close()
-                return
-            job()
-            del job
+        try:
+            while True:
+                job = jobs.get()
+                if job is None or job() is _RETIRE:
+                    return
+                del job
+        finally:
+            # Nothing writes to the pipe after the last job (the runner is
+            # closed) or the None put (the pool is closed): its numbers can go.
+            jobs.close()
 
 
 class _WorkerPool:
-    """Idle workers kept for reuse.
+    """Spare workers: started ahead, never used, each taken by one context.
 
-    Never holds more idle workers than were ever busy at once, nor more than
-    ``Settings.max_idle_workers``. Emptied at interpreter exit and in a forked
-    child.
+    A spare has run no code but its own loop, so it holds no thread-local
+    state of anybody's. Taking one saves a context the thread start's
+    hand-shake; the worker that ends a context starts the replacement, after
+    its context has been released, so the start is off the caller's path.
+    Never holds more spares than contexts were ever open at once, nor more
+    than ``Settings.max_idle_workers``. Emptied at interpreter exit and in a
+    forked child.
     """
 
     def __init__(self) -> None:
@@ -193,30 +249,53 @@ class _WorkerPool:
         self._peak_busy = 0
         self._closed = False
 
-    def acquire(self) -> _Worker:
+    def acquire(self) -> tuple[_Worker, bool]:
+        """A spare, or a new worker whose thread the caller must `_Worker.start`
+        (after putting its first job); and whether it is the latter."""
         with self._lock:
             self._busy += 1
             self._peak_busy = max(self._peak_busy, self._busy)
             if self._idle:
-                return self._idle.pop()
-        return _Worker()
+                return self._idle.pop(), False
+        return _Worker(start=False), True
 
-    def release(self, worker: _Worker) -> None:
-        """Return *worker* (called from its own thread, after its last job)."""
+    def release(self) -> None:
+        """A worker's context has ended (called on that worker, which then exits).
+
+        Starts a spare in its place while fewer are kept than allowed.
+        """
         with self._lock:
             self._busy -= 1
-            limit = min(self._peak_busy, _settings.max_idle_workers)
-            if not self._closed and len(self._idle) < limit:
-                self._idle.append(worker)
+            if self._closed or len(self._idle) >= min(
+                self._peak_busy, _settings.max_idle_workers
+            ):
                 return
-        worker.jobs.put(None)
+        if not threading.main_thread().is_alive():
+            # The interpreter is exiting (atexit runs after the main thread
+            # stopped): a thread started now may still be starting when the
+            # runtime is finalized (Python 3.9 crashes).
+            return
+        try:
+            spare = _Worker()
+        except RuntimeError:  # interpreter shutdown: no new threads
+            return
+        with self._lock:
+            if not self._closed:
+                self._idle.append(spare)
+                return
+        spare.jobs.put(None)
+
+    def forget(self) -> None:
+        """A worker taken by `acquire` never started: no context holds it."""
+        with self._lock:
+            self._busy -= 1
 
     def idle_count(self) -> int:
         with self._lock:
             return len(self._idle)
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the idle workers and wait (bounded) for them to exit."""
+        """Stop the spare workers and wait (bounded) for them to exit."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -244,7 +323,7 @@ def _reset_after_fork() -> None:
     _pool = _WorkerPool()
     _pid = os.getpid()
     for jobs in list(_job_queues):
-        jobs.close()
+        jobs.close(forked=True)
 
 
 def current_pid() -> int:
@@ -393,10 +472,19 @@ class _Runner:
         # Every task created on the loop during the current drive, in order
         # (see task_factory): what a call spawned is a slice of it.
         self.spawned: list[asyncio.Task[Any]] = []
+        # The variables this worker's thread-critical asgiref Locals created,
+        # and the stashes their values travel in (see _worker_locals).
+        self.thread_variables: set[contextvars.ContextVar[Any]] = set()
+        self.stash_key = object()
+        self.stashes: list[Any] = []
+        # Default executors taken from the loop after each drive (see drive).
+        self.detached_executors: list[Executor] = []
 
     # -- called with self.lock held, from any thread
 
-    def open_locked(self) -> _Worker:
+    def open_locked(self) -> tuple[_Worker, bool]:
+        """The worker, made ready at the first call; and whether its thread is
+        the caller's to start (`start_worker`), once it has put its job."""
         if self.state is _State.CLOSED:
             raise RuntimeError("asgiref-loopshare: this context's event loop is closed")
         if self.pid != _pid:
@@ -410,12 +498,28 @@ class _Runner:
             loop.set_task_factory(self.task_factory)  # type: ignore[arg-type]
             _shared_loops.add(loop)
             self.loop = loop
-            self.worker = _pool.acquire()
+            self.worker, fresh = _pool.acquire()
             self.state = _State.OPEN
+            return self.worker, fresh
         assert self.worker is not None
-        return self.worker
+        return self.worker, False
 
-    def job(self, fn: Callable[[], None]) -> _Job:
+    def start_worker(self, worker: _Worker) -> None:
+        """Start a new worker's thread; if none can start, close, never hang."""
+        try:
+            worker.start()
+        except BaseException as exc:  # RuntimeError: can't start new thread
+            with self.lock:
+                self.state = _State.CLOSED
+                loop, self.loop, self.worker = self.loop, None, None
+            _pool.forget()
+            worker.jobs.close()
+            if loop is not None:
+                loop.close()  # it never ran: closing it here is safe
+            self.fail_inflight(exc)
+            raise
+
+    def job(self, fn: Callable[[], object]) -> _Job:
         return functools.partial(self.base_context.run, fn)
 
     # -- worker thread
@@ -433,6 +537,7 @@ class _Runner:
     def bind_loop(self) -> None:
         """Make the loop the worker's current one (first job only)."""
         self.bound = True
+        _worker_state.runner = self
         asyncio.set_event_loop(self.loop)
 
     def drive(self, first: Call) -> None:
@@ -451,7 +556,7 @@ class _Runner:
         while True:
             try:
                 loop.run_until_complete(driver)
-                return
+                break
             except BaseException as exc:
                 if isinstance(exc, RuntimeError) and not (
                     loop.is_closed() or driver.done()
@@ -464,6 +569,13 @@ class _Runner:
                     continue
                 self.fail_inflight(exc)
                 return
+        # Each asyncio.run has a default executor of its own, so stock's
+        # thread-insensitive sync_to_async never runs on a thread an earlier
+        # call's code ran on (thread-locals): nor here, from one drive to the
+        # next. Its threads finish on their own; teardown waits for them.
+        executor = _compat.detach_default_executor(loop)
+        if executor is not None:
+            self.detached_executors.append(executor)
 
     async def drive_calls(self, first: Call) -> None:
         drive = first.drive
@@ -591,8 +703,12 @@ class _Runner:
             if self.loop is not None and not self.loop.is_closed():
                 asyncio.set_event_loop(self.loop)
 
-    def teardown(self, done: _thread.LockType | None) -> None:
-        """Close the loop and return the worker; then release *done*, if given."""
+    def teardown(self, done: _thread.LockType | None) -> object:
+        """Close the loop, release *done* (if given), end the worker thread.
+
+        Returns `_RETIRE`: the worker's last job. The spare that replaces it
+        is started after *done* is released, off the waiting caller's path.
+        """
         loop, worker = self.loop, self.worker
         try:
             if loop is not None and not loop.is_closed():
@@ -608,13 +724,22 @@ class _Runner:
                     loop.close()
             elif loop is not None:
                 asyncio.set_event_loop(None)
+            if self.detached_executors:
+                executors, self.detached_executors = self.detached_executors, []
+                _compat.join_executors(executors, self.settings.executor_timeout)
         finally:
             self.loop = None
             self.worker = None
-            if worker is not None:
-                _pool.release(worker)
+            _worker_state.runner = None
+            if self.stashes:
+                for stash in self.stashes:
+                    stash.values = None  # an ended context's values go with it
+                self.stashes.clear()
             if done is not None:
                 done.release()
+            if worker is not None:
+                _pool.release()
+        return _RETIRE
 
     async def shutdown_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -698,7 +823,11 @@ class LoopExecutor(Executor):
         default_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
     ) -> None:
         """Without ``settings.loop_factory``, *default_loop_factory* makes the loop."""
-        self._runner = _Runner(settings or _settings, default_loop_factory)
+        self._runner = runner = _Runner(settings or _settings, default_loop_factory)
+        #: The runner's, for `asgiref_loopshare._worker_locals`.
+        self.thread_variables = runner.thread_variables
+        self.stash_key = runner.stash_key
+        self.stashes = runner.stashes
         # Not weakref.finalize: that costs more per context and would also run
         # at interpreter exit, where daemon workers are simply left to die.
         # The ref lives in a module-level set, not on the runner: the runner
@@ -736,7 +865,7 @@ class LoopExecutor(Executor):
         runner = self._runner
         call = Call(coro, context)
         with runner.lock:
-            worker = runner.open_locked()
+            worker, fresh = runner.open_locked()
             runner.calls.add(call)
             drive = runner.current_drive
             if drive is not None:
@@ -747,6 +876,8 @@ class LoopExecutor(Executor):
                 return call
             call.drive = runner.current_drive = _Drive()
         worker.jobs.put(runner.job(functools.partial(runner.drive, call)))
+        if fresh:
+            runner.start_worker(worker)
         return call
 
     def cancel_call(self, call: Call) -> None:
@@ -762,10 +893,12 @@ class LoopExecutor(Executor):
         runner = self._runner
         future: Future[_T] = Future()
         with runner.lock:
-            worker = runner.open_locked()
+            worker, fresh = runner.open_locked()
         worker.jobs.put(
             runner.job(functools.partial(runner.run_job, future, fn, args, kwargs))
         )
+        if fresh:
+            runner.start_worker(worker)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -17,6 +17,7 @@ import threading
 
 from asgiref.sync import AsyncSingleThreadContext, AsyncToSync
 
+from asgiref_loopshare import _worker_locals
 from asgiref_loopshare._core import (
     loopshare_call,
     loopshare_enter,
@@ -55,6 +56,7 @@ def uninstall() -> None:
             AsyncToSync.__init__ = stock_init  # type: ignore[method-assign]
         if AsyncSingleThreadContext.__dict__.get("__enter__") is loopshare_enter:
             AsyncSingleThreadContext.__enter__ = stock_enter  # type: ignore[method-assign]
+        _worker_locals.remove_hook()
 
 
 def is_installed() -> bool:

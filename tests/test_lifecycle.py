@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -167,18 +167,30 @@ def test_default_executor_is_shut_down_at_exit(
     assert not executor_thread.is_alive()
 
 
-def test_worker_thread_is_returned_to_the_pool_without_its_loop(
+def test_each_context_runs_on_a_thread_no_other_context_ran_on(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    workers = []
+    for _ in range(5):
+        with AsyncSingleThreadContext():
+            _, worker = async_to_sync(loop_and_thread)()
+            _, same = async_to_sync(loop_and_thread)()
+        assert same is worker
+        workers.append(worker)
+    assert len(set(workers)) == 5
+
+
+def test_a_context_s_worker_thread_ends_after_its_teardown(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
     with AsyncSingleThreadContext():
-        _, worker = async_to_sync(loop_and_thread)()
-    assert worker.is_alive()
-    with AsyncSingleThreadContext():
-        _, again = async_to_sync(loop_and_thread)()
-    assert again is worker
+        loop, worker = async_to_sync(loop_and_thread)()
+    assert loop.is_closed()
+    worker.join(5)
+    assert not worker.is_alive()
 
 
-def test_reused_worker_carries_no_contextvars_and_no_current_loop(
+def test_next_context_s_worker_has_no_contextvars_and_no_current_loop(
     async_to_sync: AsyncToSyncFactory,
 ) -> None:
     async def set_marker() -> None:
@@ -207,65 +219,114 @@ def test_reused_worker_carries_no_contextvars_and_no_current_loop(
     assert current is loop  # the new context's loop, not the previous one
 
 
-def test_serving_more_requests_at_the_same_concurrency_starts_no_threads(
-    async_to_sync: AsyncToSyncFactory,
-) -> None:
-    def one_request() -> None:
-        with AsyncSingleThreadContext():
-            async_to_sync(asyncio.sleep)(0.01)
-
-    def serve(requests: int) -> None:
-        with ThreadPoolExecutor(3) as pool:
-            for future in [
-                pool.submit(contextvars.copy_context().run, one_request)
-                for _ in range(requests)
-            ]:
-                future.result(timeout=30)
-
-    serve(30)
-    threads_after_warm_up = {thread.ident for thread in threading.enumerate()}
-    serve(60)
-    loopshare_threads = {
-        thread.ident
-        for thread in threading.enumerate()
-        if thread.name.startswith("asgiref-loopshare-")
-    }
-    assert loopshare_threads <= threads_after_warm_up
+def wait_for_spares(count: int, pool: _loop._WorkerPool | None = None) -> int:
+    """The pool's spare count once it reaches *count* (bounded wait): a spare
+    is started by the worker that ends a context, after the context returned."""
+    idle_count = (pool or _loop._pool).idle_count
+    deadline = time.monotonic() + 10
+    while idle_count() < count and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return idle_count()
 
 
-def test_idle_workers_never_outnumber_the_peak_of_busy_ones() -> None:
-    pool = _loop._WorkerPool()
-    first = pool.acquire()
-    pool.release(first)
-    second = pool.acquire()
-    assert second is first  # reused, not a new thread
-    third = pool.acquire()
-    pool.release(second)
-    pool.release(third)
-    assert pool.idle_count() == 2
-    pool.close()
+def take(pool: _loop._WorkerPool) -> _loop._Worker:
+    """A worker from *pool*, as a context takes it (its thread running)."""
+    worker, fresh = pool.acquire()
+    if fresh:
+        worker.start()
+    return worker
 
 
-def test_idle_pool_is_capped() -> None:
-    pool = _loop._WorkerPool()
-    _loop.configure(max_idle_workers=2)
-    workers = [pool.acquire() for _ in range(4)]
-    for worker in workers:
-        pool.release(worker)
-    assert pool.idle_count() == 2
-    pool.close()
-    for worker in workers:
-        worker.thread.join(5)
-        assert not worker.thread.is_alive()
-
-
-def test_closing_the_pool_stops_idle_workers() -> None:
-    pool = _loop._WorkerPool()
-    worker = pool.acquire()
-    pool.release(worker)
-    pool.close()
+def retire(worker: _loop._Worker) -> None:
+    worker.jobs.put(None)
     worker.thread.join(5)
     assert not worker.thread.is_alive()
+
+
+@pytest.fixture
+def fresh_pool() -> Iterator[_loop._WorkerPool]:
+    """A new worker pool for the test (its peak of open contexts starts at 0)."""
+    saved = _loop._pool
+    _loop._pool = pool = _loop._WorkerPool()
+    yield pool
+    _loop._pool = saved
+    pool.close()
+
+
+def test_spare_workers_never_outnumber_the_peak_of_open_contexts(
+    async_to_sync: AsyncToSyncFactory, fresh_pool: _loop._WorkerPool
+) -> None:
+    barrier = threading.Barrier(3)
+
+    def one_request() -> None:
+        with AsyncSingleThreadContext():
+            async_to_sync(asyncio.sleep)(0)
+            barrier.wait(10)  # three contexts open at once
+
+    with ThreadPoolExecutor(3) as pool:
+        for future in [pool.submit(one_request) for _ in range(3)]:
+            future.result(timeout=30)
+    assert wait_for_spares(3, fresh_pool) == 3
+    for _ in range(10):
+        with AsyncSingleThreadContext():
+            async_to_sync(asyncio.sleep)(0)
+        assert fresh_pool.idle_count() <= 3
+    assert wait_for_spares(3, fresh_pool) == 3
+
+
+def test_a_spare_is_a_new_thread_started_when_a_context_ends() -> None:
+    pool = _loop._WorkerPool()
+    used = take(pool)
+    assert pool.idle_count() == 0
+    pool.release()
+    assert pool.idle_count() == 1
+    spare = take(pool)
+    assert spare is not used
+    assert spare.thread is not used.thread
+    retire(used)
+    retire(spare)
+    pool.close()
+
+
+def test_spare_pool_is_capped() -> None:
+    pool = _loop._WorkerPool()
+    _loop.configure(max_idle_workers=2)
+    workers = [take(pool) for _ in range(4)]
+    for _ in workers:
+        pool.release()
+    assert pool.idle_count() == 2
+    for worker in workers:
+        retire(worker)
+    pool.close()
+
+
+def test_no_spares_are_kept_with_max_idle_workers_zero(
+    async_to_sync: AsyncToSyncFactory,
+) -> None:
+    _loop.configure(max_idle_workers=0)
+    pool = _loop._WorkerPool()
+    worker = take(pool)
+    pool.release()
+    assert pool.idle_count() == 0
+    retire(worker)
+    pool.close()
+
+
+def test_closing_the_pool_stops_the_spares() -> None:
+    pool = _loop._WorkerPool()
+    used = take(pool)
+    pool.release()
+    spare = take(pool)
+    pool.release()
+    pool.release()
+    spares = list(pool._idle)
+    assert spares
+    pool.close()
+    for worker in spares:
+        worker.thread.join(5)
+        assert not worker.thread.is_alive()
+    retire(used)
+    retire(spare)
 
 
 def _open_fds() -> int:
@@ -277,13 +338,12 @@ def test_stopped_workers_close_their_wake_up_pipes() -> None:
     before = _open_fds()
     pool = _loop._WorkerPool()
     _loop.configure(max_idle_workers=1)
-    workers = [pool.acquire() for _ in range(3)]
+    workers = [take(pool) for _ in range(3)]
+    for _ in workers:
+        pool.release()  # one spare is started
     for worker in workers:
-        pool.release(worker)  # two are stopped at once, one stays idle
-    pool.close()  # stops the idle one
-    for worker in workers:
-        worker.thread.join(5)
-        assert not worker.thread.is_alive()
+        retire(worker)
+    pool.close()  # stops the spare
     assert _open_fds() == before
 
 
@@ -465,7 +525,7 @@ def test_forked_child_starts_with_an_empty_pool(
 ) -> None:
     with AsyncSingleThreadContext():
         async_to_sync(loop_and_thread)()
-    assert _loop.idle_workers() >= 1
+    assert wait_for_spares(1) >= 1
     assert in_forked_child(_loop.idle_workers) == 0
 
 
@@ -475,7 +535,14 @@ def test_forked_child_closes_the_wake_up_pipes_of_the_parents_workers(
 ) -> None:
     with AsyncSingleThreadContext():
         async_to_sync(loop_and_thread)()
-    parents = [fd for jobs in _loop._job_queues for fd in (jobs._reader, jobs._writer)]
+    assert wait_for_spares(1) >= 1
+    # The spares' pipes: they stay open in the parent (a context's own worker
+    # closes its pipe as it ends).
+    parents = [
+        fd
+        for worker in _loop._pool._idle
+        for fd in (worker.jobs._reader, worker.jobs._writer)
+    ]
     assert parents
     assert in_forked_child(lambda: open_among(parents)) == 0
     assert open_among(parents) == len(parents)  # still open in the parent
