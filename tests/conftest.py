@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,14 +16,27 @@ from asgiref_loopshare import sync as loopshare_sync
 AsyncToSyncFactory = Callable[..., Callable[..., Any]]
 
 
+@contextlib.contextmanager
+def loopshare_installed() -> Iterator[None]:
+    """asgiref patched in place inside the block, restored after (even on error).
+
+    For tests that run stock and patched in turn (per Hypothesis example, where a
+    function-scoped fixture would span every example).
+    """
+    was_installed = asgiref_loopshare.is_installed()
+    asgiref_loopshare.install()
+    try:
+        yield
+    finally:
+        if not was_installed:
+            asgiref_loopshare.uninstall()
+
+
 @pytest.fixture
 def installed() -> Iterator[None]:
     """asgiref patched in place for the test, restored after."""
-    was_installed = asgiref_loopshare.is_installed()
-    asgiref_loopshare.install()
-    yield
-    if not was_installed:
-        asgiref_loopshare.uninstall()
+    with loopshare_installed():
+        yield
 
 
 @pytest.fixture(params=["installed", "drop-in"])
