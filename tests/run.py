@@ -19,7 +19,9 @@ Cells (``--list`` shows them):
   has ``[tool.ruff.format]``) and mypy --strict asgiref_loopshare.
 - ``django<S>-py<X>-asgiref<V>``: our ``tests/django*`` and ``tests/flask``
   tests (and tests marked ``django``) against Django 4.2 / latest 5.2.x /
-  latest 6.1.x, with Flask, gunicorn, waitress, redis-py and redis-server.
+  latest 6.1.x, with Flask, gunicorn, waitress, redis-py and redis-server;
+  the 6.1 cells also with django-async-backend, psycopg and PostgreSQL
+  (``tests/django/test_async_backend.py``).
 - ``django-suite<S>-py<X>-asgiref<V>``: Django's own test suite for the
   request-path modules, with ``asgiref_loopshare.django.install()`` active
   (``tests/django_suite.py``). Failures listed in `DJANGO_KNOWN_FAILURES`
@@ -128,6 +130,13 @@ DJANGO_SUITE_CELLS = (("5.2", "3.12"), ("6.1", "3.13"))
 #: Packages the Django cells' tests need beyond Django and our [test] extra.
 #: Flask: those cells also run tests/flask (the same servers and redis).
 DJANGO_CELL_PACKAGES = ("redis>=5", "gunicorn", "waitress", "flask")
+#: Django series -> more packages for its cells. django-async-backend (issue
+#: #20) tracks Django's feature release (6.1.x needs Django 6.1) and needs
+#: Python 3.12+, as the 6.1 cells have; its tests start a PostgreSQL server
+#: (Debian's postgresql, see `ensure_postgresql`).
+DJANGO_SERIES_PACKAGES: dict[str, tuple[str, ...]] = {
+    "6.1": ("django-async-backend==6.1.5", "psycopg[binary]>=3.1"),
+}
 #: Test directories that need a web framework: run in the Django cells only.
 FRAMEWORK_TEST_GLOBS = ("django*", "flask")
 #: Django's own test modules on the request path, plus the 6.x tasks framework
@@ -479,33 +488,84 @@ def build_project(workdir: Path) -> Project:
     return Project(wheels[0], sorted(meta.get_all("Requires-Dist") or []))
 
 
-# ------------------------------------------------------------------------- redis
+# ------------------------------------------------- redis-server and PostgreSQL
+
+_apt_updated = False  # apt-get update runs once per run, before the first install
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def apt_get_install(package: str) -> Path:
+    """``apt-get install`` *package* (``apt-get update`` first, once); its log."""
+    global _apt_updated
+    log_path = LOGS / f"apt-{package}.log"
+    commands = [] if _apt_updated else [["apt-get", "update"]]
+    commands.append(["apt-get", "install", "-y", "--no-install-recommends", package])
+    with log_path.open("w") as log:
+        for args in commands:
+            if run_logged(args, log, timeout=15 * 60) != 0:
+                raise SetupError(f"{' '.join(args)} failed; see {log_path}")
+            _apt_updated = _apt_updated or args[1] == "update"
+    return log_path
 
 
 def ensure_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
         return f"redis-server: {found}"
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    if not _is_root():
         raise SetupError(
             "the Django cells need a redis-server binary (the tests start it) and "
             "this is not root, so it cannot be installed here: run "
             "`sudo apt-get install -y redis-server`, or pass --no-django"
         )
-    log_path = LOGS / "apt-redis-server.log"
-    with log_path.open("w") as log:
-        for args in (
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"],
-        ):
-            if run_logged(args, log, timeout=15 * 60) != 0:
-                raise SetupError(f"{' '.join(args)} failed; see {log_path}")
+    log_path = apt_get_install("redis-server")
     found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
     )
     if not found:
         raise SetupError(f"redis-server still missing after apt-get; see {log_path}")
     return f"redis-server: installed {found} with apt-get"
+
+
+def postgres_bin_dir() -> str | None:
+    """Where ``postgres`` and ``initdb`` are: PATH, else the newest
+    ``/usr/lib/postgresql/<major>/bin`` (Debian puts neither on PATH). The
+    tests look the same way (``tests/django/servers.py``)."""
+    found = shutil.which("postgres")
+    candidates = [os.path.dirname(os.path.realpath(found))] if found else []
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=_vtuple, reverse=True
+    )
+    for directory in candidates:
+        if all(
+            os.access(os.path.join(directory, name), os.X_OK)
+            for name in ("postgres", "initdb")
+        ):
+            return directory
+    return None
+
+
+def ensure_postgresql() -> str:
+    """PostgreSQL's server binaries for ``tests/django/test_async_backend.py``
+    (Django 6.1 cells), which starts its own server with them. Without them
+    and without root those tests skip (outside CI) rather than the whole run."""
+    found = postgres_bin_dir()
+    if found:
+        return f"postgresql: {found}"
+    if not _is_root():
+        return (
+            "postgresql: not found and not root, so not installed: the "
+            "django-async-backend tests will skip (`sudo apt-get install -y "
+            "postgresql` runs them)"
+        )
+    log_path = apt_get_install("postgresql")
+    found = postgres_bin_dir()
+    if not found:
+        raise SetupError(f"postgres/initdb still missing after apt-get; see {log_path}")
+    return f"postgresql: installed {found} with apt-get"
 
 
 # ------------------------------------------------------------------------- results
@@ -626,7 +686,10 @@ class CellRunner:
         elif cell.kind == "django":
             assert cell.django is not None
             dj = f"Django=={self.ctx.django[cell.django].version}"
-            steps.append([f"{wheel}[test,django]", pin, dj, *DJANGO_CELL_PACKAGES])
+            more = DJANGO_SERIES_PACKAGES.get(cell.django, ())
+            steps.append(
+                [f"{wheel}[test,django]", pin, dj, *DJANGO_CELL_PACKAGES, *more]
+            )
         else:
             assert cell.django is not None
             django_sdist = self.ctx.django[cell.django]
@@ -991,7 +1054,8 @@ def select_cells(args: argparse.Namespace) -> tuple[list[Cell], list[str]]:
 def prepare(
     cells: list[Cell], pythons: dict[str, Interpreter], baseline: bool
 ) -> tuple[Context, list[str]]:
-    """Download and extract the sdists, install redis-server, build our wheel."""
+    """Download and extract the sdists, install redis-server (and PostgreSQL
+    for the Django 6.1 cells), build our wheel."""
     notes: list[str] = []
     for directory in (VENVS, SDISTS, LOGS, BUILD):
         directory.mkdir(parents=True, exist_ok=True)
@@ -1016,6 +1080,8 @@ def prepare(
         workdir = Path(tempfile.mkdtemp(dir=BUILD, prefix="run-"))
         if any(c.kind == "django" for c in cells):
             notes.append(ensure_redis_server())
+        if any(c.kind == "django" and c.django == "6.1" for c in cells):
+            notes.append(ensure_postgresql())  # django-async-backend's tests
     project = build_project(workdir)
     notes.append(f"our wheel: {project.wheel.name} (from the work tree as it is)")
     return Context(pythons, asgiref, django, project, baseline), notes

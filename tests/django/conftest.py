@@ -199,7 +199,7 @@ def figures() -> list[Any]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _FIGURES:
-        terminalreporter.section("asgiref-loopshare: Redis, stock vs adapter")
+        terminalreporter.section("asgiref-loopshare: stock vs adapter")
         for figure in sorted(_FIGURES, key=lambda f: f.label):
             terminalreporter.write_line(figure.line())
 

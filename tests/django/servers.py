@@ -1,5 +1,5 @@
-"""Real servers for the integration tests: redis-server and the example project
-served by ``manage.py runserver``, gunicorn (gthread) or waitress.
+"""Real servers for the integration tests: redis-server, PostgreSQL, and the example
+project served by ``manage.py runserver``, gunicorn (gthread) or waitress.
 
 Everything binds 127.0.0.1 on a free port, every wait is bounded, and every
 process started here is stopped by whoever started it (see ``stop``).
@@ -7,12 +7,15 @@ process started here is stopped by whoever started it (see ``stop``).
 
 from __future__ import annotations
 
+import glob
 import http.client
 import importlib.metadata
 import itertools
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,22 +114,167 @@ class RedisServer:
         stop(self.process)
 
 
-def _server_command(kind: str, port: int) -> list[str]:
+def postgres_bin_dir() -> Path | None:
+    """The directory of ``postgres`` and ``initdb``: from PATH (Debian links
+    neither there), else the newest ``/usr/lib/postgresql/<major>/bin``."""
+    candidates = []
+    found = shutil.which("postgres")
+    if found:
+        candidates.append(Path(found).resolve().parent)
+    majors = glob.glob("/usr/lib/postgresql/*/bin")
+    majors.sort(key=lambda d: [int(p) for p in re.findall(r"\d+", d)], reverse=True)
+    candidates += map(Path, majors)
+    for directory in candidates:
+        if all(os.access(directory / name, os.X_OK) for name in ("postgres", "initdb")):
+            return directory
+    return None
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster: ``initdb`` into a temporary directory, then
+    ``postgres`` on 127.0.0.1 and a free port (TCP only, trust authentication,
+    superuser ``postgres``, fsync off). PostgreSQL refuses to run as root, so
+    as root both run as the ``postgres`` OS user (``runuser -u postgres --``).
+
+    ``admin`` is an autocommit psycopg connection to the ``postgres`` database.
+    Stopped by its user with ``stop`` (a fast shutdown); stopped here if it
+    does not start.
+    """
+
+    def __init__(self, max_connections: int = 300) -> None:
+        import psycopg
+
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("no postgres and initdb (Debian package postgresql)")
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="loopshare-postgres-"))
+        self.datadir = self.workdir / "data"
+        self.log_path = self.workdir / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.admin: Any = None
+        as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("postgres")  # KeyError: no such user
+            os.chown(self.workdir, user.pw_uid, user.pw_gid)
+            as_postgres = ["runuser", "-u", "postgres", "--"]
+        try:
+            initdb = subprocess.run(
+                [
+                    *as_postgres,
+                    str(bin_dir / "initdb"),
+                    *("-D", str(self.datadir), "-U", "postgres", "--auth=trust"),
+                    *("--encoding=UTF8", "--no-locale", "--no-sync"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=START_TIMEOUT,
+                check=False,
+            )
+            if initdb.returncode != 0:
+                output = initdb.stdout.decode(errors="replace")[-3000:]
+                raise RuntimeError(f"initdb exited with {initdb.returncode}:\n{output}")
+            with self.log_path.open("wb") as log:
+                self.process = subprocess.Popen(
+                    [
+                        *as_postgres,
+                        str(bin_dir / "postgres"),
+                        *("-D", str(self.datadir), "-p", str(self.port)),
+                        *("-h", "127.0.0.1", "-k", ""),  # no Unix socket
+                        *("-c", f"max_connections={max_connections}"),
+                        *("-c", "fsync=off", "-c", "synchronous_commit=off"),
+                        *("-c", "full_page_writes=off"),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+
+            def connects() -> bool:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"postgres exited with {self.process.returncode}:\n"
+                        + self.log()[-3000:]
+                    )
+                try:
+                    self.admin = psycopg.connect(
+                        self.dsn("postgres"), autocommit=True, connect_timeout=5
+                    )
+                except psycopg.OperationalError:
+                    return False
+                return True
+
+            wait_until(connects, START_TIMEOUT, "postgres")
+        except BaseException:
+            self.stop()
+            raise
+
+    def dsn(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
+
+    def create_database(self, name: str) -> None:
+        self.admin.execute(f'CREATE DATABASE "{name}"')
+
+    def client_connections(self, database: str) -> int:
+        """Client connections open to *database* now, not counting ``admin``."""
+        row = self.admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            [database],
+        ).fetchone()
+        return int(row[0])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+        if self.process is not None and self.process.poll() is None:
+            # SIGINT to the postmaster is a fast shutdown (clients are cut off);
+            # runuser would pass on only a SIGTERM, which waits for them.
+            try:
+                pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, signal.SIGINT)
+            except (OSError, ValueError, IndexError):
+                self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def server_command(
+    kind: str,
+    port: int,
+    app: str = "loopshare_example.wsgi:application",
+    threads: int = 4,
+) -> list[str]:
+    """The command serving *app* (``module:name``; runserver serves the
+    settings' ``WSGI_APPLICATION``) on *port* with *threads* request threads."""
     python = sys.executable
-    app = "loopshare_example.wsgi:application"
     address = f"127.0.0.1:{port}"
     if kind == "runserver":
         return [python, "manage.py", "runserver", "--noreload", address]
     if kind == "gunicorn":
         command = [python, "-m", "gunicorn", "--worker-class", "gthread"]
-        command += ["--workers", "1", "--threads", "4", "--bind", address]
+        command += ["--workers", "1", "--threads", str(threads), "--bind", address]
         version = importlib.metadata.version("gunicorn")
         if tuple(int(p) for p in version.split(".")[:2]) >= (25, 1):
             # Else every server opens $HOME/.gunicorn/gunicorn.ctl.
             command.append("--no-control-socket")
         return [*command, app]
     if kind == "waitress":
-        return [python, "-m", "waitress", f"--listen={address}", "--threads=4", app]
+        return [
+            *(python, "-m", "waitress", f"--listen={address}", f"--threads={threads}"),
+            app,
+        ]
     raise ValueError(kind)
 
 
@@ -164,7 +312,7 @@ class DjangoServer:
         self.log_path = self.workdir / f"{self.kind}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            _server_command(self.kind, self.port),
+            server_command(self.kind, self.port),
             cwd=PROJECT_DIR,
             env=self.env,
             stdout=self._log,

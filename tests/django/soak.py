@@ -31,7 +31,7 @@ from pathlib import Path
 from servers import REQUEST_TIMEOUT, DjangoServer, wait_until
 
 SOAK_KINDS = ("gunicorn", "waitress")
-#: Worker threads each server runs (``servers._server_command``).
+#: Worker threads each server runs (``servers.server_command``).
 SERVER_THREADS = 4
 FILE_SIZE = 4 * 1024 * 1024  # loopshare_example.views.FILE_SIZE
 STREAM_BODY = b"chunk-0\nchunk-1\nchunk-2\n"
