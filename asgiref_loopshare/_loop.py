@@ -464,6 +464,7 @@ class _Runner:
         self.bound = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.worker: _Worker | None = None
+        self.pool = _pool
         self.base_context = contextvars.Context()
         # The drive that accepts injected calls, if the worker is driving.
         self.current_drive: _Drive | None = None
@@ -498,7 +499,10 @@ class _Runner:
             loop.set_task_factory(self.task_factory)  # type: ignore[arg-type]
             _shared_loops.add(loop)
             self.loop = loop
-            self.worker, fresh = _pool.acquire()
+            # The pool is remembered: the worker goes back to the one it came
+            # from (a forked child, or a test, may have replaced `_pool`).
+            self.pool = _pool
+            self.worker, fresh = self.pool.acquire()
             self.state = _State.OPEN
             return self.worker, fresh
         assert self.worker is not None
@@ -512,7 +516,7 @@ class _Runner:
             with self.lock:
                 self.state = _State.CLOSED
                 loop, self.loop, self.worker = self.loop, None, None
-            _pool.forget()
+            self.pool.forget()
             worker.jobs.close()
             if loop is not None:
                 loop.close()  # it never ran: closing it here is safe
@@ -738,7 +742,7 @@ class _Runner:
             if done is not None:
                 done.release()
             if worker is not None:
-                _pool.release()
+                self.pool.release()
         return _RETIRE
 
     async def shutdown_loop(self) -> None:
