@@ -12,8 +12,9 @@ runs the scenarios and writes ``benchmarks/RESULTS.md`` and the PNG plots.
     python benchmarks/run.py --scenarios calls redis
 
 Scenarios: calls (1 per call, 2 per context), wsgi (3 WSGI-only Django request),
-async (4 K1/K3/K10 Django requests), redis (5 redis.asyncio views), gunicorn
-(6 through a real server). Exits non-zero if any scenario errored.
+async (4 K1/K3/K10 Django requests, 4b one server thread over 10,000 of them),
+redis (5 redis.asyncio views), gunicorn (6 through a real server). Exits
+non-zero if any scenario errored.
 """
 
 from __future__ import annotations

@@ -24,6 +24,19 @@ async def async_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"ok")
 
 
+async def async_connection_view(request: HttpRequest) -> HttpResponse:
+    """An async view that looks up Django's database connection, as ORM code does.
+
+    ``connections`` keeps its connections in a thread-critical asgiref
+    ``Local``: in async code, the first lookup on a thread creates a
+    ``DatabaseWrapper`` (here of the dummy backend: ``DATABASES`` is empty) and
+    stores it in a context variable of that thread. Nothing is queried.
+    """
+    from django.db import connections
+
+    return HttpResponse(connections["default"].vendor.encode())
+
+
 def fanout_view(request: HttpRequest) -> HttpResponse:
     """A sync view calling an async client ``k`` times through async_to_sync."""
     for i in range(int(request.GET.get("k", "10"))):

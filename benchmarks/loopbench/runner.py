@@ -22,7 +22,10 @@ from loopbench.report import (
 SCENARIOS: dict[str, tuple[str, str]] = {
     "calls": ("loopbench.scenarios.calls:run", "1-2: per call and per context"),
     "wsgi": ("loopbench.scenarios.django_inproc:run_wsgi_only", "3: WSGI-only request"),
-    "async": ("loopbench.scenarios.django_inproc:run_async", "4: K1/K3/K10 requests"),
+    "async": (
+        "loopbench.scenarios.django_inproc:run_async",
+        "4: K1/K3/K10 requests; 4b: one server thread over 10k",
+    ),
     "redis": ("loopbench.scenarios.redis_views:run", "5: redis.asyncio views"),
     "gunicorn": ("loopbench.scenarios.gunicorn_load:run", "6: gunicorn gthread"),
 }

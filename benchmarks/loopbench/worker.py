@@ -14,6 +14,8 @@ Commands (``op``):
 - ``count``: run ``n`` units counting threads started and event loops created.
 - ``gc``: run ``n`` units with the cyclic GC off; objects it then finds.
 - ``probe``: the workload's own checks (e.g. response freed by refcount).
+- ``contextvars``: how many context variables the thread that runs the
+  workload has in its context (``len(contextvars.copy_context())`` read there).
 - ``stats``: the workload's counters (errors, ...) plus RSS and peak RSS.
 - ``quit``.
 """
@@ -21,6 +23,7 @@ Commands (``op``):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import importlib
 import json
@@ -225,6 +228,8 @@ def serve(spec: dict[str, Any]) -> None:
                 reply = _gc(workload, call, n, arg)
             elif op == "probe":
                 reply = call(workload.probe)
+            elif op == "contextvars":
+                reply = {"contextvars": call(lambda: len(contextvars.copy_context()))}
             elif op == "stats":
                 reply = {**workload.stats(), **memory()}
             else:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import statistics
+import time
+import traceback
 from typing import Any
 
 from loopbench import harness, instructions
@@ -427,7 +431,285 @@ def run_async(config: Config) -> list[Section]:
     ]
     section.findings += _k_findings(measured)
     _check_failures(section, mem)
-    return [section]
+    try:
+        flat = run_server_thread(config)
+    except Exception as exc:  # keep section 4; the runner fails on the error
+        traceback.print_exc()
+        flat = Section(
+            FLAT_KEY,
+            _flat_title(config.scaled(*FLAT_REQUESTS)),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    return [section, flat]
+
+
+#: Scenario 4b: one server thread's history (`run_server_thread`).
+FLAT_KEY = "4b"
+#: An async view that looks up ``connections["default"]`` (see `benchapp.views`).
+FLAT_PATH = "/async/connection/"
+#: Requests per handler: ten marks, ten batches per mark.
+FLAT_REQUESTS = (10_000, 200)
+#: Longest a handler may serve requests, in seconds of the orchestrator's clock
+#: (stock's requests slow down as its server thread's context grows).
+FLAT_BUDGET = (60.0, 30.0)
+FLAT_MARKS = 10
+FLAT_BATCHES_PER_MARK = 10
+#: Run time of the next mark is guessed as the last one's times this.
+FLAT_GROWTH = 1.25
+
+
+def _flat_title(total: int) -> str:
+    return (
+        f"One server thread over {total:,} requests with async code: "
+        "does its cost stay flat?"
+    )
+
+
+@dataclasses.dataclass
+class ServerThread:
+    """What one handler's server thread did: batches, variables at each mark."""
+
+    name: str
+    #: Context variables of the server thread before any request, after each mark.
+    variables: list[int] = dataclasses.field(default_factory=list)
+    #: CPU and wall seconds per request of each batch, in order.
+    cpu: list[float] = dataclasses.field(default_factory=list)
+    wall: list[float] = dataclasses.field(default_factory=list)
+    served: int = 0
+    #: Seconds spent serving (orchestrator's clock, the batches' asks).
+    spent: float = 0.0
+    stopped_by_budget: bool = False
+
+    def window(self, index: int, batches: int) -> list[float]:
+        """CPU per request of the batches of mark *index* (negative: from the end)."""
+        start = index * batches if index >= 0 else len(self.cpu) + index * batches
+        return self.cpu[start : start + batches]
+
+    def growth(self, mark: int) -> float:
+        """Variables gained per request after the first *mark* requests."""
+        return (self.variables[-1] - self.variables[1]) / max(1, self.served - mark)
+
+    def mark_cpu_us(self, batches: int) -> list[float]:
+        """Median CPU µs per request of each mark's batches."""
+        return [
+            statistics.median(self.window(i, batches)) * 1e6
+            for i in range(len(self.cpu) // batches)
+        ]
+
+
+def _drive_server_threads(
+    pool: Pool, total: int, batch: int, per_mark: int, budget: float
+) -> dict[str, ServerThread]:
+    """Interleaved batches of *batch* requests until each mode has served
+    *total*, or until its next mark would end past *budget* seconds."""
+    names = list(pool.workers)
+    threads = {name: ServerThread(name) for name in names}
+    mark_spent = dict.fromkeys(names, 0.0)
+    for name in names:
+        reply = pool.first(name).ask("contextvars")
+        threads[name].variables.append(reply["contextvars"])
+    round_no = 0
+    while any(t.served < total and not t.stopped_by_budget for t in threads.values()):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            thread = threads[name]
+            if thread.served >= total or thread.stopped_by_budget:
+                continue
+            worker = pool.first(name)
+            started = time.monotonic()
+            reply = worker.ask("time", n=batch)
+            took = time.monotonic() - started
+            thread.spent += took
+            mark_spent[name] += took
+            thread.cpu.append(reply["cpu"])
+            thread.wall.append(reply["wall"])
+            thread.served += batch
+            if thread.served % (batch * per_mark) == 0:
+                thread.variables.append(worker.ask("contextvars")["contextvars"])
+                next_end = thread.spent + FLAT_GROWTH * mark_spent[name]
+                if thread.served < total and next_end > budget:
+                    thread.stopped_by_budget = True
+                mark_spent[name] = 0.0
+        round_no += 1
+    return threads
+
+
+def _window_ratio(first: list[float], last: list[float]) -> tuple[float, float, float]:
+    """median(last) / median(first), and a ~95 % bootstrap interval over the
+    batches of each window (2,000 resamples, fixed generator)."""
+    ratio = statistics.median(last) / statistics.median(first)
+    rng = random.Random(20261127)
+    ratios = sorted(
+        statistics.median(rng.choices(last, k=len(last)))
+        / statistics.median(rng.choices(first, k=len(first)))
+        for _ in range(2000)
+    )
+    return ratio, ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]
+
+
+def run_server_thread(config: Config) -> Section:
+    total = config.scaled(*FLAT_REQUESTS)
+    mark = total // FLAT_MARKS
+    batch = mark // FLAT_BATCHES_PER_MARK
+    budget = FLAT_BUDGET[1] if config.smoke else FLAT_BUDGET[0]
+    section = Section(
+        FLAT_KEY,
+        _flat_title(total),
+        f"{total:,} in-process WSGI requests per handler, all served by one server "
+        "thread of one worker process (pinned; `handler(environ, start_response)`, "
+        "body iterated, `close()`, as in scenario 4), profile `k1` (sync middleware) "
+        f"with the async view at `{FLAT_PATH}`: it looks up "
+        '`django.db.connections["default"]` (the dummy backend: no database is '
+        "configured), as ORM code in an async view does. `connections` keeps its "
+        "connections in a thread-critical asgiref `Local`, which in async code "
+        "stores them in a context variable made per thread; stock asgiref carries "
+        "that variable back into the caller's context when the call returns. "
+        "*Variables*: `len(contextvars.copy_context())` read in the server thread "
+        f"before any request and after every {mark:,}. *CPU µs / request*: process "
+        f"CPU time, in batches of {batch} requests, the two handlers' batches taking "
+        f"turns; each {mark:,}-request window's figure is the median of its "
+        f"{FLAT_BATCHES_PER_MARK} batches (so the first request's imports do not "
+        "count). *last / first*: that median for the last window over the first, "
+        "with a 95 % interval bootstrapped over the batches of both windows (a "
+        "change of the machine's load between the run's first and last window is "
+        "not in that interval). A handler stops after "
+        f"{budget:.0f} s of requests, at a mark.",
+    )
+    names = {handler: f"k1/{handler}" for handler in HANDLERS}
+    modes = [django_mode("k1", handler, FLAT_PATH) for handler in HANDLERS]
+    # One process per handler: the figure is one server thread's history.
+    single = dataclasses.replace(config, procs_per_mode=1)
+    with Pool(single, modes) as pool:
+        threads = _drive_server_threads(
+            pool, total, batch, FLAT_BATCHES_PER_MARK, budget
+        )
+        mem = pool.memory()
+    for window, index in (("first", 0), ("last", -1)):
+        harness.record(
+            config,
+            f"server thread, {window} {mark} requests",
+            {
+                t.name: Measured(t.name, [t.window(index, FLAT_BATCHES_PER_MARK)])
+                for t in threads.values()
+            },
+        )
+    marks = {h: threads[names[h]].mark_cpu_us(FLAT_BATCHES_PER_MARK) for h in HANDLERS}
+    table = Table(
+        "Server thread's context variables and CPU per request, by requests served",
+        [
+            "requests served",
+            "stock: variables",
+            f"stock: CPU µs / request (the {mark:,} before)",
+            "adapter: variables",
+            f"adapter: CPU µs / request (the {mark:,} before)",
+        ],
+    )
+    for i in range(FLAT_MARKS + 1):
+        row = [f"{i * mark:,}"]
+        for handler in HANDLERS:
+            thread = threads[names[handler]]
+            if i < len(thread.variables):
+                row.append(f"{thread.variables[i]:,}")
+                row.append(us(marks[handler][i - 1]) if i else "")
+            else:
+                row += ["not run (time budget)", ""]
+        table.rows.append(row)
+    ratios = {}
+    summary = Table(
+        f"First {mark:,} vs last {mark:,} requests",
+        [
+            "handler",
+            "requests served",
+            "seconds",
+            f"first {mark:,}: CPU µs / request",
+            f"last {mark:,}: CPU µs / request",
+            "last / first (95 % CI)",
+            f"variables after {mark:,} → at the end",
+        ],
+    )
+    for handler in HANDLERS:
+        thread = threads[names[handler]]
+        first = thread.window(0, FLAT_BATCHES_PER_MARK)
+        last = thread.window(-1, FLAT_BATCHES_PER_MARK)
+        ratios[handler] = _window_ratio(first, last)
+        r, low, high = ratios[handler]
+        summary.rows.append(
+            [
+                HANDLER_LABELS[handler],
+                f"{thread.served:,}"
+                + (" (stopped: time budget)" if thread.stopped_by_budget else ""),
+                f"{thread.spent:.1f}",
+                us(statistics.median(first) * 1e6),
+                us(statistics.median(last) * 1e6),
+                f"{times(r)} ({low:.2f}-{high:.2f})",
+                f"{thread.variables[1]:,} → {thread.variables[-1]:,}",
+            ]
+        )
+    section.tables += [
+        summary,
+        table,
+        memory_table(
+            mem,
+            [names[h] for h in HANDLERS],
+            {names[h]: HANDLER_LABELS[h] for h in HANDLERS},
+        ),
+    ]
+    section.plots.append(
+        line_plot(
+            config.out_dir / "server_thread_flat.png",
+            f"One server thread, {total:,} Django requests with async code "
+            "(connections looked up in an async view)",
+            "requests served",
+            f"CPU µs per request (median of the {mark:,} before)",
+            {
+                label: (
+                    [(i + 1) * mark for i in range(len(marks[handler]))],
+                    marks[handler],
+                )
+                for handler, label in (
+                    ("stock", "stock WSGIHandler"),
+                    ("loopshare", "asgiref-loopshare adapter"),
+                )
+            },
+            logy=True,
+        )
+    )
+    ours, stock = threads[names["loopshare"]], threads[names["stock"]]
+    r, low, high = ratios["loopshare"]
+    bounded = ours.served == total and ours.variables[1] == ours.variables[-1]
+    cpu_met = harness.judged(low, high, lambda ratio: ratio <= 1.05)
+    s_r, s_low, s_high = ratios["stock"]
+    section.goals.append(
+        Goal(
+            f"one server thread's cost stays flat ({total:,} requests)",
+            f"last / first {mark:,} CPU per request ≤ 1.05; variables after "
+            f"{total:,} = after {mark:,}",
+            f"{times(r)}, 95 % CI {low:.2f}-{high:.2f} "
+            f"({us(statistics.median(ours.window(-1, FLAT_BATCHES_PER_MARK)) * 1e6)}"
+            f" vs {us(statistics.median(ours.window(0, FLAT_BATCHES_PER_MARK)) * 1e6)}"
+            f" µs); {ours.variables[1]:,} variables after {mark:,}, "
+            f"{ours.variables[-1]:,} after {ours.served:,}. Stock: {times(s_r)} "
+            f"(95 % CI {s_low:.2f}-{s_high:.2f}) after {stock.served:,} requests"
+            + (" (time budget)" if stock.stopped_by_budget else "")
+            + f", {stock.variables[1]:,} → {stock.variables[-1]:,} variables",
+            cpu_met if bounded else False,
+        )
+    )
+    per_request = {h: threads[names[h]].growth(mark) for h in HANDLERS}
+    section.findings.append(
+        f"Stock's server thread gains {per_request['stock']:.2f} context variables "
+        f"per request after the first {mark:,} (the adapter's "
+        f"{per_request['loopshare']:.2f}): each request's async view runs on a new "
+        "thread, where `connections` makes a new per-thread variable, and the "
+        "call carries it back into the server thread's context for good, with the "
+        "`DatabaseWrapper` it holds. asgiref walks every variable of the context "
+        "on each hop between threads (`_restore_context`): stock's CPU per request "
+        f"over its last {mark:,} requests was {times(s_r)} its first "
+        f"{mark:,}'s, after {stock.served:,}. The adapter brings those values back "
+        "in one variable of its own and drops them when the request's context ends."
+    )
+    _check_failures(section, mem)
+    return section
 
 
 def _k_goal(
