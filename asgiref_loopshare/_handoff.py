@@ -34,10 +34,12 @@ usual; unread self-pipe bytes are drained by the next one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import selectors
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,6 +51,12 @@ from asgiref_loopshare._current_executor import LeanCurrentThreadExecutor
 __all__ = ["SharedEventLoop", "new_event_loop"]
 
 _T = TypeVar("_T")
+
+_monotonic = time.monotonic
+#: How many recent reply waits `_Selector.reply_window` looks at.
+_REPLY_SAMPLES = 32
+#: "Clearly longer than the replies": this many times the longest recent one.
+_REPLY_FACTOR = 4.0
 
 
 def _convert_exception(exc: BaseException) -> BaseException:
@@ -163,11 +171,36 @@ def _submit(
 
 
 class _Selector(selectors.DefaultSelector):
-    """The default selector, skipping zero-timeout polls with only the self-pipe."""
+    """The default selector, skipping zero-timeout polls with only the self-pipe.
+
+    It also notes what the tasks a call spawned need to be waited for
+    (`asgiref_loopshare._loop`): ``events``, how many readiness events it has
+    reported (anything a task may wake on: replies, a thread's
+    ``call_soon_threadsafe``); and how long its recent blocking polls waited
+    for a reply on a descriptor other than the loop's self-pipe, from which
+    `reply_window` derives how long "silent" is on this loop.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._registered = 0
+        #: Readiness events reported so far.
+        self.events = 0
+        #: The loop's self-pipe descriptor (set by `SharedEventLoop`).
+        self.self_pipe = -1
+        #: Seconds the recent blocking polls that ended with a reply waited.
+        self.reply_waits: collections.deque[float] = collections.deque(
+            maxlen=_REPLY_SAMPLES
+        )
+
+    def reply_window(self) -> float:
+        """How long a task may stay silent before it counts as waiting for
+        something that will not come soon: several times the longest recent
+        reply wait, and never less than the interpreter's thread switch
+        interval (a reply is read only once this thread gets the GIL)."""
+        waits = self.reply_waits
+        longest = max(waits) if waits else 0.0
+        return max(_REPLY_FACTOR * longest, sys.getswitchinterval())
 
     def register(
         self, fileobj: Any, events: int, data: Any = None
@@ -184,9 +217,16 @@ class _Selector(selectors.DefaultSelector):
     def select(
         self, timeout: float | None = None
     ) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None and timeout <= 0 and self._registered <= 1:
-            return []
-        events: list[tuple[selectors.SelectorKey, int]] = super().select(timeout)
+        if timeout is not None and timeout <= 0:
+            if self._registered <= 1:
+                return []
+            events: list[tuple[selectors.SelectorKey, int]] = super().select(timeout)
+        else:
+            start = _monotonic()
+            events = super().select(timeout)
+            if events and (len(events) > 1 or events[0][0].fd != self.self_pipe):
+                self.reply_waits.append(_monotonic() - start)
+        self.events += len(events)
         return events
 
 
@@ -194,7 +234,9 @@ class SharedEventLoop(asyncio.SelectorEventLoop):
     """asyncio's selector loop, with the economies described above."""
 
     def __init__(self) -> None:
-        super().__init__(_Selector())
+        selector = _Selector()
+        super().__init__(selector)
+        selector.self_pipe = self._ssock.fileno()  # type: ignore[attr-defined]
 
     def run_in_executor(  # type: ignore[override]
         self,

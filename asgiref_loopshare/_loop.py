@@ -37,7 +37,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from asgiref_loopshare import _compat
+from asgiref_loopshare import _compat, _handoff
 
 __all__ = ["LoopExecutor", "Settings", "configure", "get_settings", "is_shared_loop"]
 
@@ -50,11 +50,12 @@ _T = TypeVar("_T")
 class Settings:
     """Tunables of the shared loops (see `configure`)."""
 
-    #: How long a call waits, after its coroutine returned, for the tasks it
-    #: spawned to finish before it returns (stock ``asyncio.run`` would cancel
-    #: them). Tasks still running then stay on the loop, frozen until the next
-    #: call in the same context, and are cancelled when the context ends.
-    task_grace: float = 0.25
+    #: The longest a call waits, after its coroutine returned, for the tasks
+    #: it spawned (stock ``asyncio.run`` would cancel them). It waits only
+    #: while they make progress (see `_Runner.settle_spawned`); tasks still
+    #: running then stay on the loop, frozen until the next call in the same
+    #: context, and are cancelled when the context ends. 0: no wait at all.
+    task_grace: float = 1.0
     #: At context exit, how long to wait for cancelled tasks to finish.
     cancel_timeout: float = 5.0
     #: At context exit, how long to wait for the loop's default executor.
@@ -638,15 +639,49 @@ class _Runner:
                 await self.settle_spawned(mark)
 
     async def settle_spawned(self, mark: int) -> None:
-        """Give the tasks a call spawned (``spawned[mark:]``) their grace time."""
+        """Let the tasks a call spawned (``spawned[mark:]``) finish while they
+        make progress; return once they are done or have gone silent.
+
+        A fire-and-forget task waiting for a reply (channels_redis's
+        ``_clean_receive_backup``, which releases a process-wide lock) is
+        waited for; a task waiting for what will not come during the call (a
+        pool's idle workers, a subscriber's reader, a keep-alive timer) is
+        not, and stays on the loop until the next call or the teardown. Silent
+        means: no readiness event on the loop for one `_Selector.reply_window`
+        (several times the longest reply this loop has recently waited for,
+        at least the thread switch interval). ``task_grace`` bounds the whole
+        wait. A loop without that selector (a ``loop_factory``'s) waits
+        ``task_grace``, or until the tasks are done.
+        """
         current = asyncio.current_task()
-        spawned = [
+        pending = [
             task
             for task in self.spawned[mark:]
             if not task.done() and task is not current and task not in self.call_tasks
         ]
-        if spawned:
-            await asyncio.wait(spawned, timeout=self.settings.task_grace)
+        if not pending:
+            return
+        loop = self.loop
+        assert loop is not None
+        grace = self.settings.task_grace
+        selector = getattr(loop, "_selector", None)
+        if not isinstance(selector, _handoff._Selector):
+            await asyncio.wait(pending, timeout=grace)
+            return
+        deadline = loop.time() + grace
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            seen = selector.events
+            done, _ = await asyncio.wait(
+                pending,
+                timeout=min(selector.reply_window(), remaining),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done and selector.events == seen:
+                return  # a whole window without a reply: they wait for more
+            pending = [task for task in pending if not task.done()]
 
     def finish_call(self, call: Call, exc: BaseException | None = None) -> None:
         drive = call.drive
