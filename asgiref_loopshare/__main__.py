@@ -57,7 +57,14 @@ def _measure(calls: int, contexts: int) -> tuple[int, int, float]:
                     call()
         elapsed = time.perf_counter() - start
     per_call = elapsed / (calls * contexts) * 1e6
-    return counts["loops"] // contexts, counts["threads"] // contexts, per_call
+    # Rounded, not floored: a context's thread may be a spare that the end of
+    # the context before it started (the last one's replacement may still be
+    # starting when the count is read).
+    return (
+        round(counts["loops"] / contexts),
+        round(counts["threads"] / contexts),
+        per_call,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
