@@ -21,7 +21,9 @@ Cells (``--list`` shows them):
   tests (and tests marked ``django``) against Django 4.2 / latest 5.2.x /
   latest 6.1.x, with Flask, gunicorn, waitress, redis-py and redis-server;
   the 6.1 cells also with django-async-backend, psycopg and PostgreSQL
-  (``tests/django/test_async_backend.py``).
+  (``tests/django/test_async_backend.py``) and with psycopg-pool, asyncpg,
+  httpx and aiohttp (``tests/django/test_real_clients.py``), and with channels
+  and channels-redis (``tests/django/test_channels_redis.py``).
 - ``django-suite<S>-py<X>-asgiref<V>``: Django's own test suite for the
   request-path modules, with ``asgiref_loopshare.django.install()`` active
   (``tests/django_suite.py``). Failures listed in `DJANGO_KNOWN_FAILURES`
@@ -133,9 +135,22 @@ DJANGO_CELL_PACKAGES = ("redis>=5", "gunicorn", "waitress", "flask")
 #: Django series -> more packages for its cells. django-async-backend (issue
 #: #20) tracks Django's feature release (6.1.x needs Django 6.1) and needs
 #: Python 3.12+, as the 6.1 cells have; its tests start a PostgreSQL server
-#: (Debian's postgresql, see `ensure_postgresql`).
+#: (Debian's postgresql, see `ensure_postgresql`). psycopg-pool, asyncpg,
+#: httpx and aiohttp: the loop-bound clients of tests/django/test_real_clients.py
+#: (issue #21), on the same PostgreSQL, redis-server and a local HTTP server.
+#: channels and channels-redis: tests/django/test_channels_redis.py (issue #21),
+#: pinned to the channels_redis release whose spawned tasks it exercises.
 DJANGO_SERIES_PACKAGES: dict[str, tuple[str, ...]] = {
-    "6.1": ("django-async-backend==6.1.5", "psycopg[binary]>=3.1"),
+    "6.1": (
+        "django-async-backend==6.1.5",
+        "psycopg[binary]>=3.1",
+        "psycopg-pool>=3.3",
+        "asyncpg",
+        "httpx",
+        "aiohttp",
+        "channels",
+        "channels-redis==4.3.0",
+    ),
 }
 #: Test directories that need a web framework: run in the Django cells only.
 FRAMEWORK_TEST_GLOBS = ("django*", "flask")

@@ -1,5 +1,6 @@
-"""Real servers for the integration tests: redis-server, PostgreSQL, and the example
-project served by ``manage.py runserver``, gunicorn (gthread) or waitress.
+"""Real servers for the integration tests: redis-server, PostgreSQL, a delaying TCP
+proxy in front of either, and the example project served by ``manage.py
+runserver``, gunicorn (gthread) or waitress.
 
 Everything binds 127.0.0.1 on a free port, every wait is bounded, and every
 process started here is stopped by whoever started it (see ``stop``).
@@ -7,6 +8,8 @@ process started here is stopped by whoever started it (see ``stop``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import glob
 import http.client
 import importlib.metadata
@@ -130,6 +133,22 @@ def postgres_bin_dir() -> Path | None:
     return None
 
 
+def postgres_missing() -> str | None:
+    """Why `PostgresServer` cannot start here, or None."""
+    if postgres_bin_dir() is None:
+        return "needs PostgreSQL's postgres and initdb (Debian package postgresql)"
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "as root, needs a postgres OS user (Debian package postgresql)"
+        if shutil.which("runuser") is None:
+            return "as root, needs runuser (Debian package util-linux)"
+    return None
+
+
 class PostgresServer:
     """A private PostgreSQL cluster: ``initdb`` into a temporary directory, then
     ``postgres`` on 127.0.0.1 and a free port (TCP only, trust authentication,
@@ -248,6 +267,142 @@ class PostgresServer:
                 self.process.kill()
                 self.process.wait(timeout=15)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 and a free port (``port``) that forwards to
+    ``upstream_host:upstream_port`` and hands the client every chunk the
+    upstream sends *delay* seconds after it arrived — each reply of Redis or
+    PostgreSQL comes that much later, as over a network. What the client sends
+    is forwarded at once. Chunks keep their order and their delays do not add
+    up: latency, not bandwidth. An upstream's end of stream is passed on after
+    the delay too; a client's at once.
+
+    Runs an event loop of its own in a daemon thread (no asgiref involved).
+    Stopped by its user with ``stop`` or by leaving its ``with`` block: the
+    open connections are cut, and every wait is bounded. ``connections``
+    counts the client connections accepted so far.
+    """
+
+    def __init__(
+        self,
+        upstream_port: int,
+        delay: float = 0.03,
+        upstream_host: str = "127.0.0.1",
+    ) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.delay = delay
+        self.port = 0
+        self.connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"delaying-proxy-{upstream_port}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT):
+            self.stop()
+            raise TimeoutError("the delaying proxy did not start")
+        if self._error is not None:
+            self._thread.join(timeout=START_TIMEOUT)
+            raise self._error
+
+    def __enter__(self) -> DelayingProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = self._loop
+        try:
+            server = loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0)
+            )
+            self.port = server.sockets[0].getsockname()[1]
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for task in self._handlers:
+                task.cancel()
+            if self._handlers:
+                loop.run_until_complete(asyncio.wait(self._handlers, timeout=5))
+            loop.close()
+
+    async def _handle(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        self.connections += 1
+        loop = asyncio.get_running_loop()
+        upstream_writer: asyncio.StreamWriter | None = None
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                *self.upstream
+            )
+            replies: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def requests() -> None:
+                assert upstream_writer is not None
+                while data := await client_reader.read(65536):
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+
+            async def read_replies() -> None:
+                while data := await upstream_reader.read(65536):
+                    replies.put_nowait((loop.time() + self.delay, data))
+                replies.put_nowait((loop.time() + self.delay, b""))
+
+            async def deliver_replies() -> None:
+                while True:
+                    due, data = await replies.get()
+                    if due > loop.time():
+                        await asyncio.sleep(due - loop.time())
+                    if not data:
+                        return
+                    client_writer.write(data)
+                    await client_writer.drain()
+
+            pumps = [
+                loop.create_task(pump())
+                for pump in (requests, read_replies, deliver_replies)
+            ]
+            # Done when the client hangs up or the upstream's replies are all out.
+            await asyncio.wait(
+                [pumps[0], pumps[2]], return_when=asyncio.FIRST_COMPLETED
+            )
+        except OSError:
+            pass  # the upstream refused: the client sees its connection closed
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            if pumps:
+                await asyncio.wait(pumps)  # and their exceptions are retrieved:
+                for pump in pumps:
+                    if not pump.cancelled():
+                        pump.exception()
+            for writer in (client_writer, upstream_writer):
+                if writer is not None:
+                    writer.close()
+            self._handlers.discard(handler)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop closed already
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=15)
 
 
 def server_command(

@@ -55,34 +55,17 @@ from servers import (
     START_TIMEOUT,
     PostgresServer,
     free_port,
-    postgres_bin_dir,
+    postgres_missing,
     server_command,
     stop,
     wait_until,
 )
 
-
-def _postgres_missing() -> str | None:
-    """Why PostgreSQL cannot be started here, or None."""
-    if postgres_bin_dir() is None:
-        return "needs PostgreSQL's postgres and initdb (Debian package postgresql)"
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "as root, needs a postgres OS user (Debian package postgresql)"
-        if shutil.which("runuser") is None:
-            return "as root, needs runuser (Debian package util-linux)"
-    return None
-
-
 pytestmark = [
     # In CI, tests/run.py installs PostgreSQL: missing there is a failure.
     pytest.mark.skipif(
-        _postgres_missing() is not None and not os.environ.get("CI"),
-        reason=str(_postgres_missing()),
+        postgres_missing() is not None and not os.environ.get("CI"),
+        reason=str(postgres_missing()),
     ),
     pytest.mark.timeout(120),
 ]
@@ -101,7 +84,7 @@ _databases = itertools.count()
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    missing = _postgres_missing()
+    missing = postgres_missing()
     if missing is not None:
         pytest.fail(f"CI is set and PostgreSQL cannot start: {missing}")
     server = PostgresServer(max_connections=MAX_CONNECTIONS)

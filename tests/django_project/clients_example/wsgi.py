@@ -1,0 +1,11 @@
+"""WSGI entry point: Django's own; the adapter, when on, is in ``INSTALLED_APPS``."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clients_example.settings")
+
+application = get_wsgi_application()
