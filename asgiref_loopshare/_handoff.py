@@ -34,6 +34,7 @@ usual; unread self-pipe bytes are drained by the next one.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import collections
 import concurrent.futures
 import selectors
@@ -230,6 +231,37 @@ class _Selector(selectors.DefaultSelector):
         return events
 
 
+class _ReplyTransport(asyncio.selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
+    """asyncio's socket transport, knowing whether it awaits a reply.
+
+    ``awaiting_reply`` is set when the protocol writes and cleared when data
+    arrives: a connection waiting for a reply to what it sent (a command, a
+    query) is not the same as one waiting for whatever the peer may push (a
+    subscriber's connection, an idle pooled one).
+    """
+
+    awaiting_reply = False
+
+    def write(self, data: Any) -> None:
+        super().write(data)
+        if data:
+            self.awaiting_reply = True
+
+    def writelines(self, list_of_data: Any) -> None:
+        super().writelines(list_of_data)
+        self.awaiting_reply = True
+
+    def _read_ready(self) -> None:
+        self.awaiting_reply = False
+        super()._read_ready()
+
+
+#: Python 3.12+ checks that a socket has no transport yet when making one.
+_ENSURES_NO_TRANSPORT = "_ensure_fd_no_transport" in (
+    asyncio.selector_events.BaseSelectorEventLoop._make_socket_transport.__code__.co_names  # type: ignore[attr-defined]
+)
+
+
 class SharedEventLoop(asyncio.SelectorEventLoop):
     """asyncio's selector loop, with the economies described above."""
 
@@ -237,6 +269,43 @@ class SharedEventLoop(asyncio.SelectorEventLoop):
         selector = _Selector()
         super().__init__(selector)
         selector.self_pipe = self._ssock.fileno()  # type: ignore[attr-defined]
+
+    def _make_socket_transport(
+        self,
+        sock: Any,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: Any = None,
+        server: Any = None,
+    ) -> Any:
+        if _ENSURES_NO_TRANSPORT:
+            self._ensure_fd_no_transport(sock)  # type: ignore[attr-defined]
+        return _ReplyTransport(self, sock, protocol, waiter, extra, server)
+
+    def has_ready_callbacks(self) -> bool:
+        """Whether callbacks are ready to run (the loop would not block now)."""
+        return bool(self._ready)  # type: ignore[attr-defined]
+
+    def awaits_reply(self) -> bool:
+        """Whether a reply may be on its way: a connection has sent something
+        and heard nothing since, a write is pending, or a reader is registered
+        that this loop cannot see into (``add_reader``, ``sock_recv``, a
+        listening socket). A loop whose only readers are connections with no
+        request outstanding has nothing coming but what a peer may push some
+        time, and timers (a poll, a keep-alive) are not replies."""
+        selector = self._selector  # type: ignore[attr-defined]
+        for key in selector.get_map().values():
+            if key.fd == selector.self_pipe:
+                continue
+            reader, writer = key.data
+            if writer is not None:
+                return True
+            callback = getattr(reader, "_callback", None)
+            transport = getattr(callback, "__self__", None)
+            if not isinstance(transport, _ReplyTransport) or transport.awaiting_reply:
+                return True
+        return False
 
     def run_in_executor(  # type: ignore[override]
         self,

@@ -640,18 +640,21 @@ class _Runner:
 
     async def settle_spawned(self, mark: int) -> None:
         """Let the tasks a call spawned (``spawned[mark:]``) finish while they
-        make progress; return once they are done or have gone silent.
+        may make progress; return once they are done or can make none.
 
         A fire-and-forget task waiting for a reply (channels_redis's
         ``_clean_receive_backup``, which releases a process-wide lock) is
         waited for; a task waiting for what will not come during the call (a
-        pool's idle workers, a subscriber's reader, a keep-alive timer) is
-        not, and stays on the loop until the next call or the teardown. Silent
-        means: no readiness event on the loop for one `_Selector.reply_window`
-        (several times the longest reply this loop has recently waited for,
-        at least the thread switch interval). ``task_grace`` bounds the whole
-        wait. A loop without that selector (a ``loop_factory``'s) waits
-        ``task_grace``, or until the tasks are done.
+        pool's idle workers on their queue, a subscriber's reader on its
+        connection, a keep-alive timer) is not, and stays on the loop until
+        the next call or the teardown. First what is ready runs (a task just
+        spawned has not sent its request yet); then, while a reply may be on
+        its way (`SharedEventLoop.awaits_reply`), the wait goes on one
+        `_Selector.reply_window` at a time (several times the longest reply
+        this loop recently waited for, at least the thread switch interval)
+        and ends after a window without any readiness event. ``task_grace``
+        bounds the whole wait. A loop of another kind (a ``loop_factory``'s)
+        waits ``task_grace``, or until the tasks are done.
         """
         current = asyncio.current_task()
         pending = [
@@ -662,16 +665,18 @@ class _Runner:
         if not pending:
             return
         loop = self.loop
-        assert loop is not None
         grace = self.settings.task_grace
-        selector = getattr(loop, "_selector", None)
-        if not isinstance(selector, _handoff._Selector):
+        if not isinstance(loop, _handoff.SharedEventLoop):
             await asyncio.wait(pending, timeout=grace)
             return
+        selector: _handoff._Selector = loop._selector  # type: ignore[attr-defined]
         deadline = loop.time() + grace
-        while pending:
+        while True:
+            while loop.has_ready_callbacks() and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0)  # one loop pass: what is ready runs
+            pending = [task for task in pending if not task.done()]
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if not pending or remaining <= 0 or not loop.awaits_reply():
                 return
             seen = selector.events
             done, _ = await asyncio.wait(
@@ -680,8 +685,7 @@ class _Runner:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if not done and selector.events == seen:
-                return  # a whole window without a reply: they wait for more
-            pending = [task for task in pending if not task.done()]
+                return  # a whole window without a reply: none is coming soon
 
     def finish_call(self, call: Call, exc: BaseException | None = None) -> None:
         drive = call.drive

@@ -212,6 +212,31 @@ def test_a_silent_reader_beside_a_finished_cleaner_does_not_hold_the_call(
         assert not reader_task.done()
 
 
+def test_a_reader_polling_on_a_short_timeout_does_not_hold_the_call(
+    async_to_sync: AsyncToSyncFactory, echo: DelayedEcho, long_grace: None
+) -> None:
+    # channels_redis's RedisPubSubChannelLayer: get_message(timeout=0.1) in a loop.
+    polls: list[int] = []
+
+    async def subscribe() -> asyncio.Task[None]:
+        subscriber = await Client.open(echo)
+        await subscriber.round_trip("subscribe")
+
+        async def poll() -> None:
+            while True:
+                try:
+                    await asyncio.wait_for(subscriber.reader.readline(), 0.1)
+                except asyncio.TimeoutError:
+                    polls.append(1)
+
+        return asyncio.ensure_future(poll())
+
+    with AsyncSingleThreadContext():
+        task = async_to_sync(subscribe)()
+        assert not task.done()
+        assert polls == []  # not even one poll's timeout waited for
+
+
 def test_task_grace_bounds_the_wait_for_a_task_that_never_stops_talking(
     async_to_sync: AsyncToSyncFactory, echo: DelayedEcho
 ) -> None:
