@@ -41,7 +41,8 @@ import selectors
 import sys
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from asgiref import current_thread_executor as _cte_module
@@ -193,6 +194,8 @@ class _Selector(selectors.DefaultSelector):
         self.reply_waits: collections.deque[float] = collections.deque(
             maxlen=_REPLY_SAMPLES
         )
+        #: A future of the loop to resolve at the next readiness event.
+        self.waiter: asyncio.Future[None] | None = None
 
     def reply_window(self) -> float:
         """How long a task may stay silent before it counts as waiting for
@@ -227,32 +230,43 @@ class _Selector(selectors.DefaultSelector):
             events = super().select(timeout)
             if events and (len(events) > 1 or events[0][0].fd != self.self_pipe):
                 self.reply_waits.append(_monotonic() - start)
-        self.events += len(events)
+        if events:
+            self.events += len(events)
+            waiter = self.waiter
+            if waiter is not None:
+                self.waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
         return events
 
 
 class _ReplyTransport(asyncio.selector_events._SelectorSocketTransport):  # type: ignore[name-defined,misc]
     """asyncio's socket transport, knowing whether it awaits a reply.
 
-    ``awaiting_reply`` is set when the protocol writes and cleared when data
-    arrives: a connection waiting for a reply to what it sent (a command, a
-    query) is not the same as one waiting for whatever the peer may push (a
-    subscriber's connection, an idle pooled one).
+    ``awaiting_reply`` names the task that wrote (weakly) and is cleared when
+    data arrives: a connection waiting for a reply to what a task sent (a
+    command, a query) is not the same as one waiting for whatever the peer may
+    push (a subscriber's connection, an idle pooled one).
     """
 
-    awaiting_reply = False
+    #: The task that wrote since data last arrived (weakly), if any.
+    awaiting_reply: weakref.ref[asyncio.Task[Any]] | None = None
 
     def write(self, data: Any) -> None:
         super().write(data)
         if data:
-            self.awaiting_reply = True
+            self._note_writer()
 
     def writelines(self, list_of_data: Any) -> None:
         super().writelines(list_of_data)
-        self.awaiting_reply = True
+        self._note_writer()
+
+    def _note_writer(self) -> None:
+        task = asyncio.current_task(self._loop)
+        self.awaiting_reply = None if task is None else weakref.ref(task)
 
     def _read_ready(self) -> None:
-        self.awaiting_reply = False
+        self.awaiting_reply = None
         super()._read_ready()
 
 
@@ -287,13 +301,14 @@ class SharedEventLoop(asyncio.SelectorEventLoop):
         """Whether callbacks are ready to run (the loop would not block now)."""
         return bool(self._ready)  # type: ignore[attr-defined]
 
-    def awaits_reply(self) -> bool:
-        """Whether a reply may be on its way: a connection has sent something
-        and heard nothing since, a write is pending, or a reader is registered
-        that this loop cannot see into (``add_reader``, ``sock_recv``, a
-        listening socket). A loop whose only readers are connections with no
-        request outstanding has nothing coming but what a peer may push some
-        time, and timers (a poll, a keep-alive) are not replies."""
+    def awaits_reply(self, tasks: Collection[asyncio.Task[Any]]) -> bool:
+        """Whether a reply that one of *tasks* asked for may be on its way:
+        a connection that one of them wrote to has heard nothing since, a
+        write is pending, or a reader is registered that this loop cannot see
+        into (``add_reader``, ``sock_recv``, a listening socket). A reply to
+        what other code sent (a call's own ``UNSUBSCRIBE``, read later by a
+        subscriber's reader) is not waited for, nor what a peer may push some
+        time; timers (a poll, a keep-alive) are not replies."""
         selector = self._selector  # type: ignore[attr-defined]
         for key in selector.get_map().values():
             if key.fd == selector.self_pipe:
@@ -303,7 +318,10 @@ class SharedEventLoop(asyncio.SelectorEventLoop):
                 return True
             callback = getattr(reader, "_callback", None)
             transport = getattr(callback, "__self__", None)
-            if not isinstance(transport, _ReplyTransport) or transport.awaiting_reply:
+            if not isinstance(transport, _ReplyTransport):
+                return True
+            writer = transport.awaiting_reply
+            if writer is not None and writer() in tasks:
                 return True
         return False
 

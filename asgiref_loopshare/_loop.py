@@ -648,11 +648,14 @@ class _Runner:
         pool's idle workers on their queue, a subscriber's reader on its
         connection, a keep-alive timer) is not, and stays on the loop until
         the next call or the teardown. First what is ready runs (a task just
-        spawned has not sent its request yet); then, while a reply may be on
-        its way (`SharedEventLoop.awaits_reply`), the wait goes on one
+        spawned has not sent its request yet); then, while a reply that one of
+        them asked for may be on its way (`SharedEventLoop.awaits_reply`), the
+        wait goes on one
         `_Selector.reply_window` at a time (several times the longest reply
         this loop recently waited for, at least the thread switch interval)
-        and ends after a window without any readiness event. ``task_grace``
+        and ends after a window without any readiness event (each event
+        ends a window early: what it made ready runs, and all is looked at
+        again). ``task_grace``
         bounds the whole wait. A loop of another kind (a ``loop_factory``'s)
         waits ``task_grace``, or until the tasks are done.
         """
@@ -676,15 +679,22 @@ class _Runner:
                 await asyncio.sleep(0)  # one loop pass: what is ready runs
             pending = [task for task in pending if not task.done()]
             remaining = deadline - loop.time()
-            if not pending or remaining <= 0 or not loop.awaits_reply():
+            if not pending or remaining <= 0 or not loop.awaits_reply(pending):
                 return
-            seen = selector.events
-            done, _ = await asyncio.wait(
-                pending,
-                timeout=min(selector.reply_window(), remaining),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done and selector.events == seen:
+            # Woken by the first readiness event or finished task, whichever
+            # comes first; then what it made ready runs and all is looked at
+            # again.
+            event = selector.waiter = loop.create_future()
+            try:
+                done, _ = await asyncio.wait(
+                    [event, *pending],
+                    timeout=min(selector.reply_window(), remaining),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                selector.waiter = None
+                event.cancel()
+            if not done:
                 return  # a whole window without a reply: none is coming soon
 
     def finish_call(self, call: Call, exc: BaseException | None = None) -> None:

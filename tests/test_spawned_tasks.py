@@ -237,6 +237,39 @@ def test_a_reader_polling_on_a_short_timeout_does_not_hold_the_call(
         assert polls == []  # not even one poll's timeout waited for
 
 
+@pytest.fixture
+def slow_echo() -> Iterator[DelayedEcho]:
+    server = DelayedEcho(0.05)
+    yield server
+    server.close()
+
+
+def test_a_reply_to_what_the_call_sent_does_not_hold_it_for_a_reader(
+    async_to_sync: AsyncToSyncFactory, slow_echo: DelayedEcho, long_grace: None
+) -> None:
+    # RedisPubSubChannelLayer.group_discard sends UNSUBSCRIBE and returns; the
+    # reply is read later by the layer's reader task. Stock cancels the reader
+    # at once; waiting for that reply would add a round trip to every call.
+    read: list[str] = []
+
+    async def unsubscribe() -> asyncio.Task[None]:
+        subscriber = await Client.open(slow_echo)
+        await subscriber.round_trip("subscribe")
+
+        async def reader() -> None:
+            while True:
+                read.append((await subscriber.reader.readline()).decode().strip())
+
+        task = asyncio.ensure_future(reader())
+        subscriber.writer.write(b"unsubscribe\n")  # the call's own request
+        return task
+
+    with AsyncSingleThreadContext():
+        task = async_to_sync(unsubscribe)()
+        assert read == []  # its reply was not waited for
+        assert not task.done()
+
+
 def test_task_grace_bounds_the_wait_for_a_task_that_never_stops_talking(
     async_to_sync: AsyncToSyncFactory, echo: DelayedEcho
 ) -> None:
