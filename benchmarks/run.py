@@ -3,8 +3,9 @@
 
 On a machine with only Python and pip this first builds its own venv under
 ``~/.cache/asgiref-loopshare/venvs/bench-<python>`` (pyperf, matplotlib, Django,
-redis, gunicorn, asgiref 3.13.0 and this repository), installs ``redis-server``
-with apt when it is missing and we are root, then re-runs itself in that venv,
+redis, gunicorn, asgiref 3.13.0, the client libraries of scenario 6b and this
+repository), installs ``redis-server`` and PostgreSQL with apt when missing and
+we are root, then re-runs itself in that venv,
 runs the scenarios and writes ``benchmarks/RESULTS.md`` and the PNG plots.
 
     python benchmarks/run.py           # full run (~10 minutes)
@@ -13,8 +14,10 @@ runs the scenarios and writes ``benchmarks/RESULTS.md`` and the PNG plots.
 
 Scenarios: calls (1 per call, 2 per context), wsgi (3 WSGI-only Django request),
 async (4 K1/K3/K10 Django requests, 4b one server thread over 10,000 of them),
-redis (5 redis.asyncio views), gunicorn (6 through a real server). Exits
-non-zero if any scenario errored.
+redis (5 redis.asyncio views), gunicorn (6 through a real server),
+libraries (6b psycopg_pool, asyncpg, redis.asyncio, httpx, aiohttp and
+channels_redis through gunicorn: the acceptance tests' projects, ms per request
+against stock). Exits non-zero if any scenario errored.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         nargs="+",
-        choices=["calls", "wsgi", "async", "redis", "gunicorn"],
+        choices=["calls", "wsgi", "async", "redis", "gunicorn", "libraries"],
         help="run only these scenarios (default: all)",
     )
     parser.add_argument("--out", help="directory for RESULTS.md and the plots")
@@ -63,8 +66,11 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if not args.no_bootstrap and not bootstrap.in_venv():
         # Install Debian packages (needs root) before leaving this interpreter.
-        if args.scenarios is None or "redis" in args.scenarios:
+        wanted = args.scenarios or ["redis", "libraries"]
+        if "redis" in wanted or "libraries" in wanted:
             bootstrap.ensure_redis_server()
+        if "libraries" in wanted:
+            bootstrap.ensure_postgresql()
         if not args.smoke and (args.scenarios is None or "wsgi" in args.scenarios):
             bootstrap.ensure_valgrind()
         bootstrap.reexec_in_venv(

@@ -1,4 +1,5 @@
-"""Fresh-machine bootstrap: the benchmark venv, ``redis-server`` and ``valgrind``.
+"""Fresh-machine bootstrap: the benchmark venv, ``redis-server``, PostgreSQL and
+``valgrind``.
 
 Standard library only: this runs under whatever Python started ``run.py``,
 before anything else is installed.
@@ -45,6 +46,16 @@ def requirements(version: tuple[int, int]) -> list[str]:
         "gunicorn",
         ASGIREF_PIN,
         "setuptools>=64",
+        # Scenario 6b (libraries): the clients of tests/django_project/
+        # clients_example and channels_example, as tests/run.py's 6.1 cells
+        # install them (channels-redis pinned to the release the tests exercise).
+        "psycopg[binary]>=3.1",
+        "psycopg-pool>=3.3",
+        "asyncpg",
+        "httpx",
+        "aiohttp",
+        "channels",
+        "channels-redis==4.3.0",
     ]
 
 
@@ -100,6 +111,31 @@ def ensure_venv(base_python: str) -> Path:
 def ensure_redis_server() -> str | None:
     """Path of ``redis-server``; installed with apt when missing and root."""
     return _ensure_debian_package("redis-server", "redis-server", "redis skipped")
+
+
+def postgres_bin_dir() -> str | None:
+    """Where ``postgres`` and ``initdb`` are, found as the tests find them
+    (``tests/django/servers.py``: PATH, else ``/usr/lib/postgresql/<major>/bin``)."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from tests.django import servers
+    finally:
+        sys.path.remove(str(REPO))
+    found = servers.postgres_bin_dir()
+    return str(found) if found else None
+
+
+def ensure_postgresql() -> str | None:
+    """PostgreSQL's server binaries (scenario 6b starts its own cluster);
+    Debian's ``postgresql`` installed with apt when missing and root, as
+    ``tests/run.py`` does."""
+    found = postgres_bin_dir()
+    if found:
+        return found
+    _ensure_debian_package(
+        "postgres", "postgresql", "the PostgreSQL cases of scenario 6b skipped"
+    )
+    return postgres_bin_dir()
 
 
 def ensure_valgrind() -> str | None:

@@ -68,6 +68,8 @@ class Config:
     suite: list[pyperf.Benchmark] = field(default_factory=list)
     #: ``PYTHONHASHSEED`` of worker *i* of every mode (see the module doc).
     hash_seeds: list[int] = field(default_factory=list)
+    #: ``--rounds`` was given (scenarios with their own default follow it then).
+    rounds_given: bool = False
 
     def hash_seed(self, index: int) -> int:
         while len(self.hash_seeds) <= index:

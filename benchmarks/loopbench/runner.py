@@ -28,6 +28,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     ),
     "redis": ("loopbench.scenarios.redis_views:run", "5: redis.asyncio views"),
     "gunicorn": ("loopbench.scenarios.gunicorn_load:run", "6: gunicorn gthread"),
+    "libraries": (
+        "loopbench.scenarios.libraries:run",
+        "6b: real client libraries through gunicorn gthread",
+    ),
 }
 
 
@@ -48,6 +52,7 @@ def main(args: argparse.Namespace, command: str) -> int:
     config = harness.Config.make(args.smoke, out_dir, raw_dir)
     if args.rounds:
         config.rounds = args.rounds
+        config.rounds_given = True
     selected = args.scenarios or list(SCENARIOS)
     if "redis" in selected:
         config.redis_server = bootstrap.ensure_redis_server()
