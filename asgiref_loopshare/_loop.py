@@ -248,6 +248,7 @@ class _WorkerPool:
         self._idle: list[_Worker] = []
         self._busy = 0
         self._peak_busy = 0
+        self._starting = 0
         self._closed = False
 
     def acquire(self) -> tuple[_Worker, bool]:
@@ -267,24 +268,30 @@ class _WorkerPool:
         """
         with self._lock:
             self._busy -= 1
-            if self._closed or len(self._idle) >= min(
+            # Spares being started count: two workers ending at once must not
+            # both start the last one allowed.
+            if self._closed or len(self._idle) + self._starting >= min(
                 self._peak_busy, _settings.max_idle_workers
             ):
                 return
-        if not threading.main_thread().is_alive():
-            # The interpreter is exiting (atexit runs after the main thread
-            # stopped): a thread started now may still be starting when the
-            # runtime is finalized (Python 3.9 crashes).
-            return
+            self._starting += 1
+        spare = None
         try:
-            spare = _Worker()
+            if threading.main_thread().is_alive():
+                # (Not once the interpreter is exiting - atexit runs after the
+                # main thread stopped: a thread started then may still be
+                # starting when the runtime is finalized; Python 3.9 crashes.)
+                spare = _Worker()
         except RuntimeError:  # interpreter shutdown: no new threads
-            return
-        with self._lock:
-            if not self._closed:
-                self._idle.append(spare)
-                return
-        spare.jobs.put(None)
+            pass
+        finally:
+            with self._lock:
+                self._starting -= 1
+                if spare is not None and not self._closed:
+                    self._idle.append(spare)
+                    spare = None
+        if spare is not None:
+            spare.jobs.put(None)
 
     def forget(self) -> None:
         """A worker taken by `acquire` never started: no context holds it."""

@@ -296,17 +296,20 @@ def test_no_wait_at_all_with_task_grace_zero(
     _loop.configure(task_grace=0)
     released: list[str] = []
 
-    async def receive() -> None:
+    async def receive() -> asyncio.Task[None]:
         client = await Client.open(echo)
         await client.round_trip()
 
         async def clean_up() -> None:
             released.append(await client.round_trip("release"))
 
-        asyncio.ensure_future(clean_up())  # noqa: RUF006 - fire and forget
+        return asyncio.ensure_future(clean_up())
+
+    async def wait_for(task: asyncio.Task[None]) -> None:
+        await task
 
     with AsyncSingleThreadContext():
-        async_to_sync(receive)()
+        task = async_to_sync(receive)()
         assert released == []  # frozen until the next call
-        async_to_sync(asyncio.sleep)(0.2 + 4 * echo.delay)
+        async_to_sync(wait_for)(task)  # which runs the loop again
         assert released == ["release"]
