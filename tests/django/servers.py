@@ -1,6 +1,7 @@
 """Real servers for the integration tests: redis-server, PostgreSQL, a delaying TCP
-proxy in front of either, and the example project served by ``manage.py
-runserver``, gunicorn (gthread) or waitress.
+proxy in front of either, the example project served by ``manage.py
+runserver``, gunicorn (gthread) or waitress, and the other example projects
+behind gunicorn (``ProjectServer``).
 
 Everything binds 127.0.0.1 on a free port, every wait is bounded, and every
 process started here is stopped by whoever started it (see ``stop``).
@@ -28,12 +29,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "django_project"
 KINDS = ("runserver", "gunicorn", "waitress")
 START_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 15.0
+
+_ProjectServer = TypeVar("_ProjectServer", bound="ProjectServer")
 
 
 def redis_server_binary() -> str | None:
@@ -66,6 +69,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+def run_clients(
+    client: Callable[[range], None], requests: int, threads: int, timeout: float
+) -> None:
+    """Requests 0 to *requests* - 1 from *threads* client threads at once:
+    ``client(range(i, requests, threads))`` in the i-th. Each thread is waited
+    for at most *timeout* seconds; one still running fails the caller's test."""
+    clients = [
+        threading.Thread(target=client, args=(range(i, requests, threads),))
+        for i in range(threads)
+    ]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in clients)
 
 
 class RedisServer:
@@ -431,6 +451,97 @@ def server_command(
             app,
         ]
     raise ValueError(kind)
+
+
+class ProjectServer:
+    """An example project of ``tests/django_project`` (*app*, ``module:name``;
+    *settings*, its settings module) behind gunicorn gthread, 1 worker,
+    *threads* request threads, with ``LOOPSHARE_ADAPTER`` from *adapter* and
+    *env* on top of this process's environment. Its log goes to a file in a
+    temporary directory of its own (prefix *workdir_prefix*).
+
+    Started once ``/ping/`` answers ``pong`` (*label* names it in what goes
+    wrong); stopped here if it does not, else by its user with ``stop`` or by
+    leaving its ``with`` block. ``get`` gives up after *request_timeout*
+    seconds with ``TimeoutError``.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        settings: str,
+        *,
+        adapter: bool,
+        threads: int,
+        label: str,
+        env: dict[str, str] | None = None,
+        workdir_prefix: str = "loopshare-project-",
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.mode = "adapter" if adapter else "stock"
+        self.label = label
+        self.request_timeout = request_timeout
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+        self.log_path = self.workdir / "gunicorn.log"
+        process_env = dict(
+            os.environ,
+            **(env or {}),
+            DJANGO_SETTINGS_MODULE=settings,
+            LOOPSHARE_ADAPTER="1" if adapter else "0",
+            PYTHONPATH=os.pathsep.join(
+                [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            PYTHONUNBUFFERED="1",
+        )
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                server_command("gunicorn", self.port, app, threads),
+                cwd=PROJECT_DIR,
+                env=process_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(self._answers, START_TIMEOUT, f"{self.label} to answer")
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self: _ProjectServer) -> _ProjectServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.label} exited:\n{self.log()[-3000:]}")
+        try:
+            return self.get("/ping/") == (200, b"pong")
+        except OSError:
+            return False
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """One request on a fresh connection; (status, body). A request not
+        answered within *request_timeout* raises ``TimeoutError``."""
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=self.request_timeout
+        )
+        try:
+            connection.request("GET", path, headers={"Connection": "close"})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop(self.process)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @dataclass

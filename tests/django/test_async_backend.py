@@ -21,20 +21,14 @@ django-async-backend, psycopg and Debian's postgresql); skipped elsewhere.
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import django
 import pytest
@@ -50,15 +44,11 @@ pytest.importorskip(
 pytest.importorskip("psycopg", reason="needs psycopg 3 (psycopg[binary])")
 
 from servers import (
-    PROJECT_DIR,
     REQUEST_TIMEOUT,
-    START_TIMEOUT,
     PostgresServer,
-    free_port,
+    ProjectServer,
     postgres_missing,
-    server_command,
-    stop,
-    wait_until,
+    run_clients,
 )
 
 pytestmark = [
@@ -94,80 +84,27 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
-class Server:
+class Server(ProjectServer):
     """The example project behind gunicorn gthread, on a database of its own."""
 
     def __init__(self, postgres: PostgresServer, adapter: bool, threads: int) -> None:
         mode = "adapter" if adapter else "stock"
-        self.label = f"gunicorn gthread --threads {threads} {mode}"
         self.database = f"loopshare_{mode}_{threads}_{next(_databases)}"
         postgres.create_database(self.database)
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="loopshare-async-backend-"))
-        self.log_path = self.workdir / "gunicorn.log"
-        env = dict(
-            os.environ,
-            DJANGO_SETTINGS_MODULE="async_backend_example.settings",
-            LOOPSHARE_ADAPTER="1" if adapter else "0",
-            LOOPSHARE_PG_HOST="127.0.0.1",
-            LOOPSHARE_PG_PORT=str(postgres.port),
-            LOOPSHARE_PG_NAME=self.database,
-            LOOPSHARE_PG_USER="postgres",
-            PYTHONPATH=os.pathsep.join(
-                [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-            ),
-            PYTHONUNBUFFERED="1",
+        super().__init__(
+            APP,
+            "async_backend_example.settings",
+            adapter=adapter,
+            threads=threads,
+            label=f"gunicorn gthread --threads {threads} {mode}",
+            env={
+                "LOOPSHARE_PG_HOST": "127.0.0.1",
+                "LOOPSHARE_PG_PORT": str(postgres.port),
+                "LOOPSHARE_PG_NAME": self.database,
+                "LOOPSHARE_PG_USER": "postgres",
+            },
+            workdir_prefix="loopshare-async-backend-",
         )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                server_command("gunicorn", self.port, APP, threads),
-                cwd=PROJECT_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until(self._answers, START_TIMEOUT, f"{self.label} to answer")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.label} exited:\n{self.log()[-3000:]}")
-        try:
-            return self.get("/ping/") == (200, b"pong")
-        except OSError:
-            return False
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """One request on a fresh connection; (status, body)."""
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.port, timeout=REQUEST_TIMEOUT
-        )
-        try:
-            connection.request("GET", path, headers={"Connection": "close"})
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop(self.process)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-@contextmanager
-def serving(postgres: PostgresServer, adapter: bool, threads: int) -> Iterator[Server]:
-    server = Server(postgres, adapter, threads)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass
@@ -196,7 +133,7 @@ def measure(postgres: PostgresServer, adapter: bool, threads: int) -> Figures:
     """REQUESTS requests: one after another with one server thread, from as many
     clients at once as there are server threads otherwise. An error is a
     response that is not 200 with the body the request's queries make."""
-    with serving(postgres, adapter, threads) as server:
+    with Server(postgres, adapter, threads) as server:
         started = time.monotonic()
         errors: list[str] = []
         lock = threading.Lock()
@@ -213,15 +150,7 @@ def measure(postgres: PostgresServer, adapter: bool, threads: int) -> Figures:
                     with lock:
                         errors.append(f"{path}: {status} {body[:200]!r}")
 
-        clients = [
-            threading.Thread(target=client, args=(range(i, REQUESTS, threads),))
-            for i in range(threads)
-        ]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join(timeout=REQUEST_TIMEOUT * REQUESTS)
-        assert not any(thread.is_alive() for thread in clients)
+        run_clients(client, REQUESTS, threads, REQUEST_TIMEOUT * REQUESTS)
         seconds = time.monotonic() - started
 
         # The last requests' request_finished runs after their response was sent.
@@ -244,12 +173,26 @@ def measure(postgres: PostgresServer, adapter: bool, threads: int) -> Figures:
         )
 
 
+@pytest.fixture
+def run(
+    postgres: PostgresServer, threads: int, figures: list[Figures]
+) -> Callable[[bool], Figures]:
+    """``run(adapter)``: the figures of `measure` with *threads* server threads,
+    also shown in the terminal summary."""
+
+    def measured(adapter: bool) -> Figures:
+        result = measure(postgres, adapter=adapter, threads=threads)
+        figures.append(result)
+        return result
+
+    return measured
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_adapter_answers_every_request_and_leaves_no_connection_open(
-    postgres: PostgresServer, threads: int, figures: list[Figures]
+    run: Callable[[bool], Figures],
 ) -> None:
-    result = measure(postgres, adapter=True, threads=threads)
-    figures.append(result)
+    result = run(True)
     assert result.errors == 0, (result.exceptions, result.error_samples)
     assert result.left_open == 0
     assert result.tracebacks == 0
@@ -257,10 +200,9 @@ def test_adapter_answers_every_request_and_leaves_no_connection_open(
 
 @pytest.mark.parametrize("threads", [1, 4])
 def test_stock_django_leaves_one_connection_open_per_request(
-    postgres: PostgresServer, threads: int, figures: list[Figures]
+    run: Callable[[bool], Figures],
 ) -> None:
-    result = measure(postgres, adapter=False, threads=threads)
-    figures.append(result)
+    result = run(False)
     assert result.errors == 0, (result.exceptions, result.error_samples)
     # Still open after gc.collect() in the server too: a leak, not garbage.
     assert result.left_open == REQUESTS

@@ -40,20 +40,14 @@ channels-redis); skipped elsewhere.
 
 from __future__ import annotations
 
-import http.client
-import os
 import re
-import shutil
 import socket
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import django
 import pytest
@@ -67,15 +61,11 @@ pytest.importorskip("channels", reason="needs channels (Django 6.1 cells)")
 pytest.importorskip("channels_redis", reason="needs channels-redis (Django 6.1 cells)")
 
 from servers import (
-    PROJECT_DIR,
-    START_TIMEOUT,
     DelayingProxy,
+    ProjectServer,
     RedisServer,
-    free_port,
     redis_server_binary,
-    server_command,
-    stop,
-    wait_until,
+    run_clients,
 )
 
 pytestmark = [
@@ -124,83 +114,35 @@ def proxy(redis_server: RedisServer) -> Iterator[DelayingProxy]:
         yield proxy
 
 
-class Server:
-    """The example project behind gunicorn gthread (1 worker, *threads* threads),
-    its channel layers on Redis at *redis_port*."""
-
-    def __init__(self, adapter: bool, threads: int, network: str, redis_port: int):
-        mode = "adapter" if adapter else "stock"
-        self.label = f"{network:<8} gunicorn --threads {threads} {mode:<7}"
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="loopshare-channels-"))
-        self.log_path = self.workdir / "gunicorn.log"
-        env = dict(
-            os.environ,
-            DJANGO_SETTINGS_MODULE="channels_example.settings",
-            LOOPSHARE_ADAPTER="1" if adapter else "0",
-            REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-            GUNICORN_CMD_ARGS=f"--graceful-timeout {GRACEFUL_TIMEOUT}",
-            PYTHONPATH=os.pathsep.join(
-                [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-            ),
-            PYTHONUNBUFFERED="1",
-        )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                server_command("gunicorn", self.port, APP, threads),
-                cwd=PROJECT_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until(self._answers, START_TIMEOUT, f"{self.label} to answer")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.label} exited:\n{self.log()[-3000:]}")
-        try:
-            return self.get("/ping/") == (200, b"pong")
-        except OSError:
-            return False
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """One request on a fresh connection; (status, body). A request not
-        answered within HANG_TIMEOUT raises ``TimeoutError``."""
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.port, timeout=HANG_TIMEOUT
-        )
-        try:
-            connection.request("GET", path, headers={"Connection": "close"})
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop(self.process)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 class Servers:
     """One server per (adapter, threads, network), started on first use and
-    shared by the cases; a server that hung is replaced for the next case."""
+    shared by the cases; a server that hung is replaced for the next case.
+
+    A server is the example project behind gunicorn gthread (1 worker,
+    *threads* threads), its channel layers on Redis through *network*; a
+    request it does not answer within HANG_TIMEOUT raises ``TimeoutError``."""
 
     def __init__(self, redis_server: RedisServer, proxy: DelayingProxy) -> None:
         self.ports = {"loopback": redis_server.port, "delayed": proxy.port}
-        self.started: dict[tuple[bool, int, str], Server] = {}
+        self.started: dict[tuple[bool, int, str], ProjectServer] = {}
 
-    def get(self, adapter: bool, threads: int, network: str) -> Server:
+    def get(self, adapter: bool, threads: int, network: str) -> ProjectServer:
         key = (adapter, threads, network)
         if key not in self.started:
-            self.started[key] = Server(adapter, threads, network, self.ports[network])
+            mode = "adapter" if adapter else "stock"
+            self.started[key] = ProjectServer(
+                APP,
+                "channels_example.settings",
+                adapter=adapter,
+                threads=threads,
+                label=f"{network:<8} gunicorn --threads {threads} {mode:<7}",
+                env={
+                    "REDIS_URL": f"redis://127.0.0.1:{self.ports[network]}/0",
+                    "GUNICORN_CMD_ARGS": f"--graceful-timeout {GRACEFUL_TIMEOUT}",
+                },
+                workdir_prefix="loopshare-channels-",
+                request_timeout=HANG_TIMEOUT,
+            )
         return self.started[key]
 
     def discard(self, adapter: bool, threads: int, network: str) -> None:
@@ -301,15 +243,7 @@ def measure(
                     errors.append(f"{path}: {status} {body[:200]!r}")
 
     started = time.monotonic()
-    clients = [
-        threading.Thread(target=client, args=(range(i, requests, threads),))
-        for i in range(threads)
-    ]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(timeout=(HANG_TIMEOUT + 5) * requests)
-    assert not any(thread.is_alive() for thread in clients)
+    run_clients(client, requests, threads, (HANG_TIMEOUT + 5) * requests)
     seconds = time.monotonic() - started
 
     def left_open() -> int:
@@ -344,10 +278,16 @@ def measure(
 ADAPTER_CONNECTIONS = {"default": 1, "pubsub": 2}
 
 
-@pytest.mark.parametrize("network", ["loopback", "delayed"])
-@pytest.mark.parametrize("threads", [1, 4])
-@pytest.mark.parametrize(("alias", "view"), CASES, ids=CASE_IDS)
-def test_adapter_round_trips(
+def round_trip_cases(test: Callable[..., None]) -> Callable[..., None]:
+    """Parametrizes *test* over every case, 1 and 4 threads and both networks
+    (ids such as ``core-sync-1-loopback``)."""
+    test = pytest.mark.parametrize(("alias", "view"), CASES, ids=CASE_IDS)(test)
+    test = pytest.mark.parametrize("threads", [1, 4])(test)
+    return pytest.mark.parametrize("network", ["loopback", "delayed"])(test)
+
+
+@pytest.fixture
+def round_trips(
     redis_server: RedisServer,
     servers: Servers,
     network: str,
@@ -355,9 +295,23 @@ def test_adapter_round_trips(
     alias: str,
     view: str,
     figures: list[Figures],
+) -> Callable[[bool], Figures]:
+    """``round_trips(adapter)``: the figures of `measure` for this case, also
+    shown in the terminal summary."""
+
+    def measured(adapter: bool) -> Figures:
+        result = measure(redis_server, servers, adapter, threads, network, alias, view)
+        figures.append(result)
+        return result
+
+    return measured
+
+
+@round_trip_cases
+def test_adapter_round_trips(
+    round_trips: Callable[[bool], Figures], alias: str
 ) -> None:
-    result = measure(redis_server, servers, True, threads, network, alias, view)
-    figures.append(result)
+    result = round_trips(True)
     assert (result.errors, result.hangs) == (0, 0), (
         result.exceptions,
         result.error_samples,
@@ -367,20 +321,11 @@ def test_adapter_round_trips(
     assert result.left_open == 0
 
 
-@pytest.mark.parametrize("network", ["loopback", "delayed"])
-@pytest.mark.parametrize("threads", [1, 4])
-@pytest.mark.parametrize(("alias", "view"), CASES, ids=CASE_IDS)
+@round_trip_cases
 def test_stock_round_trips(
-    redis_server: RedisServer,
-    servers: Servers,
-    network: str,
-    threads: int,
-    alias: str,
-    view: str,
-    figures: list[Figures],
+    round_trips: Callable[[bool], Figures], alias: str, view: str
 ) -> None:
-    result = measure(redis_server, servers, False, threads, network, alias, view)
-    figures.append(result)
+    result = round_trips(False)
     if (alias, view) == ("pubsub", "sync"):
         # Each step in a loop of its own: group_add cannot see new_channel's channel.
         assert (result.errors, result.hangs) == (result.requests, 0)

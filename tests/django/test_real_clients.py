@@ -46,17 +46,13 @@ import itertools
 import json
 import os
 import re
-import shutil
 import socket
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import django
@@ -75,16 +71,14 @@ pytest.importorskip("httpx", reason="needs httpx (Django 6.1 cells)")
 pytest.importorskip("aiohttp", reason="needs aiohttp (Django 6.1 cells)")
 
 from servers import (
-    PROJECT_DIR,
     REQUEST_TIMEOUT,
     START_TIMEOUT,
     PostgresServer,
+    ProjectServer,
     RedisServer,
-    free_port,
     postgres_missing,
     redis_server_binary,
-    server_command,
-    stop,
+    run_clients,
     wait_until,
 )
 
@@ -270,71 +264,25 @@ class Backends:
             self.redis.stop()
 
 
-class Gunicorn:
+class Gunicorn(ProjectServer):
     """The example project behind gunicorn gthread (1 worker, *threads*)."""
 
     def __init__(self, backends: Backends, adapter: bool, threads: int) -> None:
-        self.mode = "adapter" if adapter else "stock"
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="loopshare-clients-"))
-        self.log_path = self.workdir / "gunicorn.log"
-        env = dict(
-            os.environ,
-            **backends.env(),
-            DJANGO_SETTINGS_MODULE="clients_example.settings",
-            LOOPSHARE_ADAPTER="1" if adapter else "0",
-            PYTHONPATH=os.pathsep.join(
-                [str(PROJECT_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-            ),
-            PYTHONUNBUFFERED="1",
+        super().__init__(
+            APP,
+            "clients_example.settings",
+            adapter=adapter,
+            threads=threads,
+            label="gunicorn",
+            env=backends.env(),
+            workdir_prefix="loopshare-clients-",
         )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                server_command("gunicorn", self.port, APP, threads),
-                cwd=PROJECT_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until(self._answers, START_TIMEOUT, "gunicorn to answer")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{self.log()[-3000:]}")
-        try:
-            return self.get("/ping/") == (200, b"pong")
-        except OSError:
-            return False
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """One request on a fresh connection; (status, body)."""
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.port, timeout=REQUEST_TIMEOUT
-        )
-        try:
-            connection.request("GET", path, headers={"Connection": "close"})
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
 
     def stats(self) -> dict[str, Any]:
         status, body = self.get("/stats/")
         assert status == 200, body
         result: dict[str, Any] = json.loads(body)
         return result
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop(self.process)
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------- figures
@@ -407,15 +355,7 @@ def measure_kind(
                 if (status, body) != (200, expected):
                     errors.append(f"{path}: {status} {body[:200]!r}")
 
-    clients = [
-        threading.Thread(target=client, args=(range(i, REQUESTS, threads),))
-        for i in range(threads)
-    ]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(timeout=REQUEST_TIMEOUT * REQUESTS)
-    assert not any(thread.is_alive() for thread in clients)
+    run_clients(client, REQUESTS, threads, REQUEST_TIMEOUT * REQUESTS)
 
     # request_finished runs after the response was sent: wait (bounded) for
     # the last requests' receivers, which count a request once they closed
