@@ -8,12 +8,16 @@ This module knows asyncio and threads, not asgiref. `LoopExecutor` is a
   ``loop.run_until_complete`` while at least one call is in flight.
 - `LoopExecutor.shutdown` tears the loop down *on its own thread* (leftover
   tasks cancelled and awaited, async generators and the default executor shut
-  down, loop closed) and returns the thread to a bounded pool of idle workers.
+  down, loop closed); then the worker thread ends.
 
-Worker threads are reused across executors (never two at once) so that a
-context costs no thread start; a reused worker carries nothing over: each
-executor runs its jobs in a fresh `contextvars.Context` and the thread's
-current event loop is cleared at teardown.
+A worker thread serves one executor and is never reused: CPython cannot clear
+what a thread keeps in ``threading.local``, so only a thread that ran no other
+context's code starts clean. The worker that ends a context starts a spare in
+its place (`_WorkerPool`), off the caller's path. Each executor runs its jobs
+in a fresh `contextvars.Context`.
+
+After a call's coroutine returns, the tasks it spawned are waited for while a
+reply they asked for may be on its way (`_Runner.settle_spawned`).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Settings:
 
     #: The longest a call waits, after its coroutine returned, for the tasks
     #: it spawned (stock ``asyncio.run`` would cancel them). It waits only
-    #: while they make progress (see `_Runner.settle_spawned`); tasks still
+    #: while a reply they asked for may be on its way (see
+    #: `_Runner.settle_spawned`); tasks still
     #: running then stay on the loop, frozen until the next call in the same
     #: context, and are cancelled when the context ends. 0: no wait at all.
     task_grace: float = 1.0
@@ -60,7 +65,8 @@ class Settings:
     cancel_timeout: float = 5.0
     #: At context exit, how long to wait for the loop's default executor.
     executor_timeout: float = 30.0
-    #: Upper bound on idle worker threads kept for reuse.
+    #: Upper bound on spare worker threads (started ahead, never used) kept
+    #: for the next contexts; 0: each context starts its thread itself.
     max_idle_workers: int = 32
     #: Creates each context's loop. ``None``: what ``asyncio.new_event_loop``
     #: makes, as a ``SharedEventLoop`` under asyncio's default policy (see
@@ -108,7 +114,7 @@ class _JobQueue:
     as asyncio's ``call_soon_threadsafe`` does with its self-pipe.
     """
 
-    __slots__ = ("__weakref__", "_jobs", "_lock", "_reader", "_writer")
+    __slots__ = ("_jobs", "_lock", "_reader", "_writer")
 
     def __init__(self) -> None:
         # One consumer (the worker): deque.append/popleft are thread-safe.
