@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import sys
 import threading
 import time
@@ -17,9 +18,12 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 __all__ = [
+    "ALLOW_UNTESTED_ENV",
     "ASGIREF_RANGE",
+    "DJANGO_RANGE",
     "PYTHON_MIN",
     "UnsupportedVersionError",
+    "check_tested",
     "check_versions",
     "create_task",
     "detach_default_executor",
@@ -32,8 +36,16 @@ _T = TypeVar("_T")
 
 #: Oldest Python this package supports.
 PYTHON_MIN = (3, 9)
-#: Supported asgiref releases: ``ASGIREF_RANGE[0] <= version < ASGIREF_RANGE[1]``.
-ASGIREF_RANGE = ((3, 10), (4, 0))
+#: Tested asgiref releases, first and last minor: ``ASGIREF_RANGE[0] <=
+#: version[:2] <= ASGIREF_RANGE[1]``. This package reaches into asgiref's
+#: internals (see `asgiref_loopshare._current_executor`, `_core`), which a
+#: release it was not tested with may have changed.
+ASGIREF_RANGE = ((3, 10), (3, 13))
+#: Tested Django releases, first and last minor (the Django adapter checks).
+DJANGO_RANGE = ((4, 2), (6, 1))
+#: Set to ``1`` to run with a newer asgiref or Django minor than tested (same
+#: major), with a warning, instead of raising `UnsupportedVersionError`.
+ALLOW_UNTESTED_ENV = "ASGIREF_LOOPSHARE_ALLOW_UNTESTED"
 
 
 class UnsupportedVersionError(ImportError):
@@ -71,13 +83,40 @@ def check_versions(
             f"asgiref-loopshare supports Python >= {PYTHON_MIN[0]}.{PYTHON_MIN[1]}; "
             f"this is Python {'.'.join(map(str, python))}"
         )
-    low, high = ASGIREF_RANGE
-    parsed = _parse_version(asgiref_version)
-    if not (low <= parsed[:2] < high):
-        raise UnsupportedVersionError(
-            f"asgiref-loopshare supports asgiref >= {low[0]}.{low[1]}, "
-            f"< {high[0]}.{high[1]}; asgiref {asgiref_version} is installed"
+    check_tested("asgiref", asgiref_version, ASGIREF_RANGE)
+
+
+def check_tested(
+    name: str, version: str, tested: tuple[tuple[int, int], tuple[int, int]]
+) -> None:
+    """Raise `UnsupportedVersionError` unless *version* of *name* is in the
+    *tested* range of minors; a newer minor of the same major only warns where
+    `ALLOW_UNTESTED_ENV` is set to ``1``."""
+    low, high = tested
+    minor = _parse_version(version)[:2]
+    if low <= minor <= high:
+        return
+    supported = f"{name} {low[0]}.{low[1]} - {high[0]}.{high[1]}"
+    if (
+        minor > high
+        and minor[:1] == high[:1]
+        and os.environ.get(ALLOW_UNTESTED_ENV) == "1"
+    ):
+        warnings.warn(
+            f"asgiref-loopshare was tested with {supported}; running with {name} "
+            f"{version} because {ALLOW_UNTESTED_ENV}=1",
+            RuntimeWarning,
+            stacklevel=3,
         )
+        return
+    hint = (
+        f" (set {ALLOW_UNTESTED_ENV}=1 to try it anyway)"
+        if minor > high and minor[:1] == high[:1]
+        else ""
+    )
+    raise UnsupportedVersionError(
+        f"asgiref-loopshare supports {supported}; {name} {version} is installed{hint}"
+    )
 
 
 def create_task(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+import re
 import threading
 from collections.abc import Iterator
 
@@ -183,8 +184,9 @@ def test_importing_the_drop_in_patches_nothing(clean: None) -> None:
     ("python", "asgiref", "message"),
     [
         ((3, 8, 18), "3.11.0", "supports Python >= 3.9; this is Python 3.8.18"),
-        ((3, 12, 1), "3.9.2", "supports asgiref >= 3.10, < 4.0; asgiref 3.9.2 is"),
-        ((3, 12, 1), "4.0.0", "supports asgiref >= 3.10, < 4.0; asgiref 4.0.0 is"),
+        ((3, 12, 1), "3.9.2", "supports asgiref 3.10 - 3.13; asgiref 3.9.2 is"),
+        ((3, 12, 1), "3.14.0", "supports asgiref 3.10 - 3.13; asgiref 3.14.0 is"),
+        ((3, 12, 1), "4.0.0", "supports asgiref 3.10 - 3.13; asgiref 4.0.0 is"),
     ],
 )
 def test_unsupported_versions_are_named(
@@ -196,11 +198,61 @@ def test_unsupported_versions_are_named(
         _compat.check_versions(python, asgiref)
 
 
-@pytest.mark.parametrize(
-    "asgiref", ["3.10.0", "3.11.1", "3.12.1", "3.13.0", "3.99.0rc1"]
-)
+@pytest.mark.parametrize("asgiref", ["3.10.0", "3.11.1", "3.12.1", "3.13.0", "3.13.9"])
 def test_supported_versions_pass(asgiref: str) -> None:
     _compat.check_versions((3, 9, 0), asgiref)
+
+
+def test_an_untested_asgiref_minor_names_the_opt_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(_compat.ALLOW_UNTESTED_ENV, raising=False)
+    with pytest.raises(
+        _compat.UnsupportedVersionError, match=_compat.ALLOW_UNTESTED_ENV
+    ):
+        _compat.check_versions((3, 12, 1), "3.14.0rc1")
+
+
+def test_the_opt_in_runs_a_newer_minor_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(_compat.ALLOW_UNTESTED_ENV, "1")
+    with pytest.warns(
+        RuntimeWarning, match=re.escape("tested with asgiref 3.10 - 3.13")
+    ):
+        _compat.check_versions((3, 12, 1), "3.14.0")
+
+
+@pytest.mark.parametrize("asgiref", ["4.0.0", "3.9.2"])
+def test_the_opt_in_does_not_reach_another_major_or_an_older_minor(
+    monkeypatch: pytest.MonkeyPatch, asgiref: str
+) -> None:
+    monkeypatch.setenv(_compat.ALLOW_UNTESTED_ENV, "1")
+    with pytest.raises(_compat.UnsupportedVersionError):
+        _compat.check_versions((3, 12, 1), asgiref)
+
+
+@pytest.mark.parametrize(
+    ("django", "passes"),
+    [
+        ("4.1.13", False),
+        ("4.2.20", True),
+        ("5.1.4", True),
+        ("6.1.3", True),
+        ("6.2", False),
+    ],
+)
+def test_the_django_gate_takes_the_tested_range(
+    monkeypatch: pytest.MonkeyPatch, django: str, passes: bool
+) -> None:
+    monkeypatch.delenv(_compat.ALLOW_UNTESTED_ENV, raising=False)
+    if passes:
+        _compat.check_tested("Django", django, _compat.DJANGO_RANGE)
+    else:
+        with pytest.raises(
+            _compat.UnsupportedVersionError, match=re.escape("Django 4.2 - 6.1")
+        ):
+            _compat.check_tested("Django", django, _compat.DJANGO_RANGE)
 
 
 def test_unsupported_version_error_is_an_import_error() -> None:

@@ -20,9 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref_loopshare.django._patch import disable as _disable
-from asgiref_loopshare.django._patch import enable as _enable
-from asgiref_loopshare.django._patch import is_enabled as _is_enabled
+import django
+
+from asgiref_loopshare._compat import DJANGO_RANGE, check_tested
+
+# The adapter patches Django's handler and response internals: a Django it
+# was not tested with may have moved them.
+check_tested("Django", django.__version__, DJANGO_RANGE)
+
+from asgiref_loopshare.django._patch import disable as _disable  # noqa: E402
+from asgiref_loopshare.django._patch import enable as _enable  # noqa: E402
+from asgiref_loopshare.django._patch import is_enabled as _is_enabled  # noqa: E402
 
 __all__ = ["get_wsgi_application", "install", "is_installed", "uninstall"]
 
