@@ -7,9 +7,9 @@ a context, asgiref behaves exactly as it does without this package.
 Public surface:
 
 - `install` / `uninstall` / `is_installed`: patch the installed asgiref in place.
-- `asgiref_loopshare.sync`: a drop-in for ``asgiref.sync`` that patches nothing.
+- `asgiref_loopshare.sync`: a drop-in for ``asgiref.sync`` that patches none of it.
 - `configure`: tunables (how long spawned tasks may finish, teardown bounds,
-  idle worker threads kept, the loop factory).
+  spare worker threads started ahead, the loop factory).
 - `LoopScope`: a context for lifetimes that end on another thread (adapters).
 - `thread_scope` / `close_thread_scope`: the calling thread's long-lived
   `LoopScope` (opt-in: one loop per thread, shared by the requests it serves).

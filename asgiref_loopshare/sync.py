@@ -1,4 +1,4 @@
-"""Drop-in for ``asgiref.sync`` that shares one loop per context, patching nothing.
+"""Drop-in for ``asgiref.sync`` that shares one loop per context, patching none of it.
 
 ``from asgiref_loopshare.sync import async_to_sync, sync_to_async`` in place of
 ``from asgiref.sync import ...``. Only ``AsyncToSync`` differs: it is a subclass
@@ -7,6 +7,12 @@ asgiref's object, and the subclass inherits asgiref's class-level state
 (``executors``, ``context_to_thread_executor``, ``loop_thread_executors``, ...),
 so mixing this module with ``asgiref.sync`` - as Django does - keeps
 thread-sensitive routing, contextvars and deadlock detection intact.
+
+Nothing in ``asgiref.sync`` is patched. One thing outside it is observed: the
+first context wraps ``asgiref.local._CVar.__init__`` to note which variables
+thread-critical ``Local``s create on a loop worker, so that their values do
+not pile up in the calling thread's context (`asgiref_loopshare._worker_locals`);
+what those objects do is unchanged.
 """
 
 from __future__ import annotations
