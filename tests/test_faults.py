@@ -192,23 +192,49 @@ def test_calls_on_a_closed_scope_behave_as_stock(installed: None) -> None:
 
 
 def test_deactivate_with_a_token_from_another_thread_is_harmless() -> None:
-    scope = LoopScope()
+    scope, here = LoopScope(), LoopScope()
     tokens = []
     thread = threading.Thread(target=lambda: tokens.append(scope.activate()))
     thread.start()
     thread.join()
-    scope.deactivate(tokens[0])  # no ValueError
+    own = here.activate()
+    try:
+        scope.deactivate(tokens[0])  # no ValueError ...
+        # ... and this thread's own activation is left as it was.
+        assert AsyncToSync.async_single_thread_context.get(None) is here.context
+    finally:
+        here.deactivate(own)
     scope.close()
+    here.close()
 
 
-def test_scope_with_no_call_creates_nothing(installed: None) -> None:
-    before = threading.active_count()
+def test_scope_with_no_call_creates_nothing(
+    installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counted here, for this thread: workers of earlier tests may still be
+    # starting spares or ending, so the process's thread count would not do.
+    me = threading.current_thread()
+    made: list[object] = []
+    start, loop_init = threading.Thread.start, asyncio.BaseEventLoop.__init__
+
+    def counting_start(thread: threading.Thread) -> None:
+        if threading.current_thread() is me:
+            made.append(thread)
+        start(thread)
+
+    def counting_loop_init(loop: asyncio.BaseEventLoop, *args: object) -> None:
+        if threading.current_thread() is me:
+            made.append(loop)
+        loop_init(loop, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "__init__", counting_loop_init)
     scope = LoopScope()
     token = scope.activate()
     scope.deactivate(token)
     scope.close()
     assert not scope.started
-    assert threading.active_count() == before
+    assert made == []
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

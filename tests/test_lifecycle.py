@@ -429,15 +429,35 @@ def test_long_running_task_stays_frozen_between_calls_and_resumes(
 
 
 def test_exit_warnings_are_not_raised_into_the_caller(
-    async_to_sync: AsyncToSyncFactory,
+    async_to_sync: AsyncToSyncFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def noop() -> None:
-        pass
+    # A task that ignores cancellation makes teardown warn; with warnings
+    # turned into errors, that error stays on the loop's thread (logged), the
+    # loop is still closed, and the context's exit returns normally.
+    _loop.configure(task_grace=0, cancel_timeout=0.2)
+    release = threading.Event()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with AsyncSingleThreadContext():
-            async_to_sync(noop)()
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                continue
+
+    async def spawn() -> asyncio.AbstractEventLoop:
+        asyncio.get_running_loop().create_task(stubborn(), name="stubborn-task")
+        return asyncio.get_running_loop()
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with AsyncSingleThreadContext():
+                loop = async_to_sync(spawn)()
+        assert loop.is_closed()
+        # The warning did turn into an error - on the loop's thread, logged.
+        assert "error while closing a shared loop" in caplog.text
+    finally:
+        release.set()
 
 
 def run_script(source: str) -> subprocess.CompletedProcess[str]:
