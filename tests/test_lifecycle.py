@@ -377,19 +377,28 @@ def test_abandoned_executor_is_torn_down_on_its_thread() -> None:
     assert loop.is_closed()
 
 
-def test_task_ignoring_cancellation_warns_and_does_not_hang(
-    async_to_sync: AsyncToSyncFactory,
-) -> None:
+@pytest.fixture
+def stubborn() -> Iterator[Callable[[], Coroutine[Any, Any, None]]]:
+    """A coroutine function whose task ignores cancellation until the test ends
+    (teardown then warns, after a short ``cancel_timeout``)."""
     _loop.configure(task_grace=0, cancel_timeout=0.2)
     release = threading.Event()
 
-    async def stubborn() -> None:
+    async def ignore_cancellation() -> None:
         while not release.is_set():
             try:
                 await asyncio.sleep(0.01)
             except asyncio.CancelledError:
                 continue
 
+    yield ignore_cancellation
+    release.set()
+
+
+def test_task_ignoring_cancellation_warns_and_does_not_hang(
+    async_to_sync: AsyncToSyncFactory,
+    stubborn: Callable[[], Coroutine[Any, Any, None]],
+) -> None:
     async def spawn() -> None:
         asyncio.get_running_loop().create_task(stubborn(), name="stubborn-task")
 
@@ -398,7 +407,6 @@ def test_task_ignoring_cancellation_warns_and_does_not_hang(
         AsyncSingleThreadContext(),
     ):
         async_to_sync(spawn)()
-    release.set()
 
 
 def test_long_running_task_stays_frozen_between_calls_and_resumes(
@@ -429,35 +437,24 @@ def test_long_running_task_stays_frozen_between_calls_and_resumes(
 
 
 def test_exit_warnings_are_not_raised_into_the_caller(
-    async_to_sync: AsyncToSyncFactory, caplog: pytest.LogCaptureFixture
+    async_to_sync: AsyncToSyncFactory,
+    stubborn: Callable[[], Coroutine[Any, Any, None]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A task that ignores cancellation makes teardown warn; with warnings
     # turned into errors, that error stays on the loop's thread (logged), the
     # loop is still closed, and the context's exit returns normally.
-    _loop.configure(task_grace=0, cancel_timeout=0.2)
-    release = threading.Event()
-
-    async def stubborn() -> None:
-        while not release.is_set():
-            try:
-                await asyncio.sleep(0.01)
-            except asyncio.CancelledError:
-                continue
-
     async def spawn() -> asyncio.AbstractEventLoop:
         asyncio.get_running_loop().create_task(stubborn(), name="stubborn-task")
         return asyncio.get_running_loop()
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            with AsyncSingleThreadContext():
-                loop = async_to_sync(spawn)()
-        assert loop.is_closed()
-        # The warning did turn into an error - on the loop's thread, logged.
-        assert "error while closing a shared loop" in caplog.text
-    finally:
-        release.set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with AsyncSingleThreadContext():
+            loop = async_to_sync(spawn)()
+    assert loop.is_closed()
+    # The warning did turn into an error - on the loop's thread, logged.
+    assert "error while closing a shared loop" in caplog.text
 
 
 def run_script(source: str) -> subprocess.CompletedProcess[str]:

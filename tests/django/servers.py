@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import glob
 import http.client
+import http.server
 import importlib.metadata
 import itertools
 import json
@@ -730,3 +731,71 @@ def measure_redis(
         connections_left_open=left_open(),
         server_tracebacks=server.tracebacks() - tracebacks_before,
     )
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """``GET /echo/<text>`` -> ``<text>``, over HTTP/1.1 keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection ends after this (bounded)
+    # Headers and body go out in two writes: without TCP_NODELAY the body waits
+    # for the client's delayed ACK (~40 ms a reply on Linux).
+    disable_nagle_algorithm = True
+    server: EchoServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.open += 1
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.lock:
+                self.server.open -= 1
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/echo/"):
+            status, body = 200, self.path[len("/echo/") :].encode()
+        else:
+            status, body = 404, b"not found"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class EchoServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP/1.1 server on 127.0.0.1 and a free port, serving in a
+    daemon thread; counts the connections it accepted and those open now."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.open = 0
+        super().__init__(("127.0.0.1", 0), _EchoHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="loopshare-echo-server",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            self.accepted += 1
+        super().process_request(request, client_address)
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(timeout=REQUEST_TIMEOUT)

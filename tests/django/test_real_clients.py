@@ -14,7 +14,7 @@ library:
 - ``redis``: ``redis.asyncio`` on a redis-server (``servers.RedisServer``;
   ``INFO stats`` counts the connections);
 - ``httpx`` and ``aiohttp``: against a small threaded HTTP/1.1 server on
-  127.0.0.1 in this process (`EchoServer`), which counts the connections it
+  127.0.0.1 in this process (`servers.EchoServer`), which counts the connections it
   accepts and those still open.
 
 Each case runs with stock Django and with the adapter in ``INSTALLED_APPS``.
@@ -41,7 +41,6 @@ elsewhere.
 from __future__ import annotations
 
 import http.client
-import http.server
 import itertools
 import json
 import os
@@ -73,6 +72,7 @@ pytest.importorskip("aiohttp", reason="needs aiohttp (Django 6.1 cells)")
 from servers import (
     REQUEST_TIMEOUT,
     START_TIMEOUT,
+    EchoServer,
     PostgresServer,
     ProjectServer,
     RedisServer,
@@ -141,74 +141,6 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
-
-
-class _EchoHandler(http.server.BaseHTTPRequestHandler):
-    """``GET /echo/<text>`` -> ``<text>``, over HTTP/1.1 keep-alive."""
-
-    protocol_version = "HTTP/1.1"
-    timeout = 60  # an idle keep-alive connection ends after this (bounded)
-    # Headers and body go out in two writes: without TCP_NODELAY the body waits
-    # for the client's delayed ACK (~40 ms a reply on Linux).
-    disable_nagle_algorithm = True
-    server: EchoServer
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.lock:
-            self.server.open += 1
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.lock:
-                self.server.open -= 1
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/echo/"):
-            status, body = 200, self.path[len("/echo/") :].encode()
-        else:
-            status, body = 404, b"not found"
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class EchoServer(http.server.ThreadingHTTPServer):
-    """A threaded HTTP/1.1 server on 127.0.0.1 and a free port, serving in a
-    daemon thread; counts the connections it accepted and those open now."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.accepted = 0
-        self.open = 0
-        super().__init__(("127.0.0.1", 0), _EchoHandler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="loopshare-echo-server",
-            daemon=True,
-        )
-        self.thread.start()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.lock:
-            self.accepted += 1
-        super().process_request(request, client_address)
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.thread.join(timeout=REQUEST_TIMEOUT)
 
 
 class Backends:
