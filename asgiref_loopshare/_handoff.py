@@ -175,19 +175,17 @@ def _submit(
 class _Selector(selectors.DefaultSelector):
     """The default selector, skipping zero-timeout polls with only the self-pipe.
 
-    It also notes what the tasks a call spawned need to be waited for
-    (`asgiref_loopshare._loop`): ``events``, how many readiness events it has
-    reported (anything a task may wake on: replies, a thread's
-    ``call_soon_threadsafe``); and how long its recent blocking polls waited
-    for a reply on a descriptor other than the loop's self-pipe, from which
-    `reply_window` derives how long "silent" is on this loop.
+    It also serves the wait for the tasks a call spawned
+    (`asgiref_loopshare._loop`): it resolves ``waiter`` at its next readiness
+    event (anything a task may wake on: a reply, a thread's
+    ``call_soon_threadsafe``), and notes how long its recent blocking polls
+    waited for a reply on a descriptor other than the loop's self-pipe, from
+    which `reply_window` derives how long "silent" is on this loop.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._registered = 0
-        #: Readiness events reported so far.
-        self.events = 0
         #: The loop's self-pipe descriptor (set by `SharedEventLoop`).
         self.self_pipe = -1
         #: Seconds the recent blocking polls that ended with a reply waited.
@@ -230,13 +228,11 @@ class _Selector(selectors.DefaultSelector):
             events = super().select(timeout)
             if events and (len(events) > 1 or events[0][0].fd != self.self_pipe):
                 self.reply_waits.append(_monotonic() - start)
-        if events:
-            self.events += len(events)
-            waiter = self.waiter
-            if waiter is not None:
-                self.waiter = None
-                if not waiter.done():
-                    waiter.set_result(None)
+        waiter = self.waiter
+        if events and waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         return events
 
 
